@@ -1,0 +1,294 @@
+/*
+ * repl.c -- the REPL: GNU readline's callback interface on the event loop.
+ *
+ * Reading a line never blocks the loop: stdin is an event, and readline is
+ * fed one character at a time, so background tasks keep running at the
+ * prompt. A complete chunk runs as a task (so `sibyl.sleep(1)` works at the
+ * prompt); while it runs, input is paused. The Lua side (sibyl.repl) decides
+ * whether a chunk is complete and prints results.
+ *
+ * Ctrl-C: at the prompt it clears the line; while a chunk runs it cancels
+ * that chunk's task (its pending I/O is torn down) -- and if the chunk is
+ * busy in Lua code, a one-shot hook interrupts it -- then the prompt
+ * returns. Ctrl-D on an empty line exits.
+ *
+ * Caveat: readline keeps global state, so there is one REPL per process.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <readline/history.h>
+#include <readline/readline.h>
+
+#include "repl.h"
+
+#define PROMPT "> "
+#define PROMPT_MORE ">> "
+
+typedef struct {
+    sibyl_rt *rt;
+    struct event *stdin_ev, *sig_ev;
+    sb_task *line_task;         /* the chunk running now, or NULL */
+    int line_ref;
+    int done;
+    char *buf;                  /* pending multi-line chunk */
+    size_t len;
+    char history[1024];
+} repl_state;
+
+static repl_state R;
+static int sig_pipe[2] = {-1, -1};
+static volatile sig_atomic_t hook_armed;
+
+/* ------------------------------------------------------------ interrupts */
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+    SB_UNUSED(ar);
+    lua_sethook(L, NULL, 0, 0);
+    hook_armed = 0;
+    if (R.line_task && R.rt->current == R.line_task)
+        luaL_error(L, "interrupted");
+}
+
+static void on_sigint(int sig)
+{
+    SB_UNUSED(sig);
+    int saved = errno;
+    if (R.line_task && !hook_armed) {
+        hook_armed = 1;   /* stop busy Lua code in the running chunk */
+        lua_sethook(R.rt->L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    }
+    if (write(sig_pipe[1], "", 1) < 0) {
+        /* nothing to do: the pipe is full, a wake-up is already pending */
+    }
+    errno = saved;
+}
+
+/* --------------------------------------------------------------- prompt */
+
+static void on_line(char *line);
+
+static void prompt_on(void)
+{
+    rl_callback_handler_install(R.len ? PROMPT_MORE : PROMPT, on_line);
+    event_add(R.stdin_ev, NULL);
+}
+
+static void prompt_off(void)
+{
+    event_del(R.stdin_ev);
+    rl_callback_handler_remove();
+}
+
+static void reset_buffer(void)
+{
+    free(R.buf);
+    R.buf = NULL;
+    R.len = 0;
+}
+
+static void line_done(sb_task *t, void *ud)
+{
+    SB_UNUSED(ud);
+    if (sb_task_status(t) == SB_TASK_CANCELLED) {
+        printf("cancelled\n");
+    } else if (sb_task_status(t) == SB_TASK_ERROR) {
+        /* The Lua side catches errors; this is an interrupt or a bug. */
+        lua_State *L = R.rt->L;
+        sb_task_push_error(L, t);
+        lua_getfield(L, -1, "message");
+        printf("%s\n", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_pop(L, 2);
+    }
+    fflush(stdout);
+    R.line_task = NULL;
+    if (hook_armed) {
+        lua_sethook(R.rt->L, NULL, 0, 0);
+        hook_armed = 0;
+    }
+    if (!R.done)
+        prompt_on();
+}
+
+/* Call sibyl.repl.<fn>(args...) on the main state; returns number of results. */
+static int call_repl(lua_State *L, const char *fn, int nargs, int nres)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sibyl.repl");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        fprintf(stderr, "sibyl: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1 + nargs);
+        return -1;
+    }
+    lua_getfield(L, -1, fn);
+    lua_remove(L, -2);
+    lua_insert(L, -1 - nargs);
+    if (lua_pcall(L, nargs, nres, 0) != 0) {
+        fprintf(stderr, "sibyl: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return nres;
+}
+
+static void append_line(const char *line)
+{
+    size_t n = strlen(line);
+    char *nb = realloc(R.buf, R.len + n + 2);
+    if (nb == NULL)
+        return;
+    R.buf = nb;
+    if (R.len)
+        R.buf[R.len++] = '\n';
+    memcpy(R.buf + R.len, line, n);
+    R.len += n;
+    R.buf[R.len] = '\0';
+}
+
+/* Called by readline with a complete line (NULL on Ctrl-D). */
+static void on_line(char *line)
+{
+    lua_State *L = R.rt->L;
+    if (line == NULL) {
+        printf("\n");
+        R.done = 1;
+        prompt_off();
+        return;
+    }
+    append_line(line);
+    free(line);
+
+    /* compile(src) -> fn | false ("incomplete") | nil, message */
+    lua_pushlstring(L, R.buf, R.len);
+    if (call_repl(L, "compile", 1, 2) < 0) {
+        reset_buffer();
+        return;
+    }
+    if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
+        lua_pop(L, 2);
+        rl_set_prompt(PROMPT_MORE);
+        return;
+    }
+    if (R.len) {
+        add_history(R.buf);
+        if (R.history[0])
+            append_history(1, R.history);
+    }
+    reset_buffer();
+    if (lua_isnil(L, -2)) {
+        printf("%s\n", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        rl_set_prompt(PROMPT);
+        return;
+    }
+    lua_pop(L, 1);                      /* the compiled function */
+    prompt_off();
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sibyl.repl");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "eval");
+    lua_remove(L, -2);
+    lua_insert(L, -2);                  /* eval fn */
+    R.line_task = sb_spawn(L, 1);
+    sb_task_on_done(R.line_task, line_done, NULL);
+    lua_pop(L, 1);
+}
+
+static void stdin_cb(evutil_socket_t fd, short what, void *arg)
+{
+    SB_UNUSED(fd);
+    SB_UNUSED(what);
+    SB_UNUSED(arg);
+    rl_callback_read_char();
+}
+
+static void sig_cb(evutil_socket_t fd, short what, void *arg)
+{
+    char b[64];
+    SB_UNUSED(what);
+    SB_UNUSED(arg);
+    while (read(fd, b, sizeof b) > 0)
+        ;
+    if (R.line_task) {
+        printf("\n");
+        sb_task_cancel(R.line_task);   /* line_done brings the prompt back */
+        return;
+    }
+    /* At the prompt: drop the line (and any pending chunk). */
+    reset_buffer();
+    printf("^C\n");
+    rl_replace_line("", 0);
+    rl_set_prompt(PROMPT);
+    rl_on_new_line();
+    rl_redisplay();
+}
+
+/* ---------------------------------------------------------------- entry */
+
+static void open_history(void)
+{
+    const char *h = getenv("SIBYL_HISTORY");
+    const char *home = getenv("HOME");
+    if (h)
+        snprintf(R.history, sizeof R.history, "%s", h);
+    else if (home)
+        snprintf(R.history, sizeof R.history, "%s/.sibyl_history", home);
+    if (R.history[0]) {
+        int fd = open(R.history, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd >= 0)
+            close(fd);
+        read_history(R.history);
+        stifle_history(1000);
+    }
+}
+
+int sb_repl(sibyl_rt *rt)
+{
+    memset(&R, 0, sizeof R);
+    R.rt = rt;
+    if (pipe(sig_pipe) != 0)
+        return SIBYL_ERROR;
+    for (int i = 0; i < 2; i++) {
+        fcntl(sig_pipe[i], F_SETFL, O_NONBLOCK);
+        fcntl(sig_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+    rl_catch_signals = 0;
+    rl_catch_sigwinch = 0;
+    rl_readline_name = "sibyl";
+    open_history();
+
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
+
+    R.stdin_ev = event_new(rt->base, STDIN_FILENO, EV_READ | EV_PERSIST, stdin_cb, NULL);
+    R.sig_ev = event_new(rt->base, sig_pipe[0], EV_READ | EV_PERSIST, sig_cb, NULL);
+    event_add(R.sig_ev, NULL);
+    printf("Sibyl %s -- Lua on an event loop. Ctrl-C cancels, Ctrl-D exits.\n", SIBYL_VERSION);
+    fflush(stdout);
+    prompt_on();
+
+    sb_rt_hold(rt);             /* the prompt keeps the loop alive */
+    while (!R.done)
+        event_base_loop(rt->base, EVLOOP_ONCE);
+    sb_rt_release(rt);
+
+    if (R.line_task)
+        sb_task_cancel(R.line_task);
+    event_free(R.stdin_ev);
+    event_free(R.sig_ev);
+    sigaction(SIGINT, &old, NULL);
+    close(sig_pipe[0]);
+    close(sig_pipe[1]);
+    reset_buffer();
+    rl_callback_handler_remove();
+    return SIBYL_OK;
+}

@@ -1,0 +1,67 @@
+-- sibyl.repl -- the Lua half of the REPL (runtime/cli/repl.c is the C half).
+--
+-- compile(src) decides whether the input is a complete chunk (trying it as
+-- an expression first, so `x + 1` prints 2); eval(fn) runs inside the line's
+-- task and prints results or the error with its traceback.
+
+local pretty = require "sibyl.pretty"
+
+local loadstring, select, xpcall, tostring, print = loadstring, select, xpcall, tostring, print
+local traceback = debug.traceback
+local concat = table.concat
+
+local _M = { _VERSION = "0.1.0" }
+
+
+--- Compile a chunk typed at the prompt.
+-- Returns fn; or false when the chunk is incomplete (more lines needed);
+-- or nil, message on a syntax error.
+function _M.compile(src)
+    local fn = loadstring("return " .. src, "=stdin")
+    if fn then
+        return fn
+    end
+    local err
+    fn, err = loadstring(src, "=stdin")
+    if fn then
+        return fn
+    end
+    if err:find("<eof>", 1, true) and err:find("near", 1, true) then
+        return false
+    end
+    return nil, err
+end
+
+
+local function handler(e)
+    if type(e) == "table" then
+        return tostring(e)
+    end
+    return traceback(tostring(e), 2)
+end
+
+
+local function show(ok, ...)
+    if not ok then
+        print((...))
+        return
+    end
+    local n = select("#", ...)
+    if n == 0 then
+        return
+    end
+    local out = {}
+    for i = 1, n do
+        out[i] = pretty.format((select(i, ...)))
+    end
+    print(concat(out, "\t"))
+end
+
+
+--- Run a compiled chunk and print what it returns.
+function _M.eval(fn)
+    show(xpcall(fn, handler))
+end
+
+
+return _M

@@ -1,0 +1,23 @@
+-- sibyl.testing -- `sibyl test`: run busted specs inside the Sibyl runtime.
+--
+--   sibyl test tests/lua                     -- every *_spec.lua below
+--   sibyl test tests/lua/01-sched_spec.lua -o TAP
+--
+-- The whole run is one task, so every `it` block may call I/O directly
+-- (sibyl.sleep, http requests...): it simply parks that task while the loop
+-- serves everything else. Options are busted's own (`sibyl test --help`).
+
+local _M = { _VERSION = "0.1.0" }
+
+
+--- Entry point used by the CLI; `arg` holds busted's arguments.
+function _M.main()
+    local ok, runner = pcall(require, "busted.runner")
+    if not ok then
+        error("sibyl test needs busted (Debian package lua-busted): " .. tostring(runner), 0)
+    end
+    runner({ standalone = false })
+end
+
+
+return _M
