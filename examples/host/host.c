@@ -46,9 +46,10 @@ int main(void)
         return 1;
     }
     lua_State *L = sibyl_state(rt);
-    int frames = 0, seen = 0;
-    /* The frame loop: ~16 ms frames, 2 ms of it for the agents. */
-    while (sibyl_poll(rt, 2000) > 0 && frames < 1000) {
+    int frames = 0, seen = 0, live;
+    /* The frame loop: a few ms per frame, 2 ms of it for the agents. */
+    do {
+        live = sibyl_poll(rt, 2000);
         lua_getglobal(L, "inbox");
         int n = (int)lua_objlen(L, -1);
         for (; seen < n; seen++) {
@@ -59,7 +60,7 @@ int main(void)
         lua_pop(L, 1);
         frames++;
         sleep_ms(4);    /* render, physics... */
-    }
+    } while (live > 0 && frames < 1000);
     int ok = seen == 6;
     printf("host: %d messages in %d frames\n", seen, frames);
     if (ok)

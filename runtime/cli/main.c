@@ -166,7 +166,7 @@ int main(int argc, char **argv)
         return status == SIBYL_OK ? 0 : 1;
     }
 
-    set_arg(rt->L, argv, argc, script ? script : argc - 1);
+    set_arg(rt->L, argv, argc, script);
     int last = script ? script : argc;
     for (int j = 1; j < last && status == SIBYL_OK; j++) {
         if (strcmp(argv[j], "-e") == 0) {
@@ -185,8 +185,8 @@ int main(int argc, char **argv)
             status = report(rt, sibyl_dofile(rt, "-"));
     }
     if (status == SIBYL_OK && interactive)
-        status = sb_repl(rt);
-    if (status == SIBYL_OK)
+        status = sb_repl(rt);       /* leaving the REPL cancels what still runs */
+    else if (status == SIBYL_OK)
         status = sibyl_run(rt);
     fflush(stdout);
     sibyl_close(rt);

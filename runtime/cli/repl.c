@@ -12,6 +12,10 @@
  * busy in Lua code, a one-shot hook interrupts it -- then the prompt
  * returns. Ctrl-D on an empty line exits.
  *
+ * Caveat: LuaJIT's compiled loops never check hooks, so `while true do end`
+ * cannot be interrupted; a second Ctrl-C while the first is still pending
+ * exits the process (status 130) instead of leaving the user stuck.
+ *
  * Caveat: readline keeps global state, so there is one REPL per process.
  */
 #include <errno.h>
@@ -60,7 +64,16 @@ static void on_sigint(int sig)
 {
     SB_UNUSED(sig);
     int saved = errno;
-    if (R.line_task && !hook_armed) {
+    if (hook_armed) {
+        /* The first Ctrl-C never got through: the chunk is spinning in
+         * JIT-compiled code, which does not check hooks. Leave. */
+        static const char msg[] = "\nsibyl: interrupted twice; exiting\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+            /* nothing more to do */
+        }
+        _exit(130);
+    }
+    if (R.line_task) {
         hook_armed = 1;   /* stop busy Lua code in the running chunk */
         lua_sethook(R.rt->L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     }

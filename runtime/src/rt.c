@@ -300,7 +300,7 @@ int sibyl_poll(sibyl_rt *rt, long budget_us)
 {
     double end = sb_now() + (double)budget_us * 1e-6;
     do {
-        event_base_loop(rt->base, EVLOOP_NONBLOCK);
+        event_base_loop(rt->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
     } while (rt->nready > 0 && sb_now() < end);
     return (int)rt->ntasks;
 }

@@ -15,7 +15,7 @@
  * position) and err.message "yaml: line L, column C: problem".
  *
  * Typing: plain (unquoted, untagged) scalars are resolved by the YAML 1.2
- * core schema (see resolve_plain); quoted and block scalars are strings; the
+ * core schema (see classify_plain); quoted and block scalars are strings; the
  * tags !!str !!int !!float !!bool !!null are honoured, other tags ignored.
  *
  * Memory discipline: a Lua error longjmps, and libyaml owns heap memory (the
@@ -1072,8 +1072,9 @@ static void encode_table(lua_State *L, ectx *e, int t, size_t depth)
         ekey *keys = n ? lua_newuserdata(L, n * sizeof *keys) : NULL;
         size_t i = 0;
         lua_pushnil(L);
-        while (lua_next(L, t)) {
+        while (n > 0 && lua_next(L, t)) {
             lua_pop(L, 1);
+            assert(i < n);
             ekey *k = &keys[i++];
             k->type = lua_type(L, -1);
             switch (k->type) {

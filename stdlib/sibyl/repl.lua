@@ -37,6 +37,9 @@ local function handler(e)
     if type(e) == "table" then
         return tostring(e)
     end
+    if e == "interrupted" or (type(e) == "string" and e:find(": interrupted$")) then
+        return "interrupted"   -- Ctrl-C: the traceback would only show the REPL
+    end
     return traceback(tostring(e), 2)
 end
 

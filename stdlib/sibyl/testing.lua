@@ -16,7 +16,15 @@ function _M.main()
     if not ok then
         error("sibyl test needs busted (Debian package lua-busted): " .. tostring(runner), 0)
     end
-    runner({ standalone = false })
+    -- On failures busted ends with a bare error() (its Lua 5.1 way to exit
+    -- non-zero); turn that into a plain exit status.
+    local ran, err = pcall(runner, { standalone = false })
+    if not ran then
+        if err == nil then
+            os.exit(1)
+        end
+        error(err, 0)
+    end
 end
 
 

@@ -67,6 +67,13 @@
  * the output: after `send print("hi")\n`, `expect hi` matches the echo; use
  * e.g. `expect_re ^hi$` to match an output line.
  *
+ * Tips: `expect` the prompt before sending (input typed before the program
+ * has set up the terminal is echoed by the line discipline instead); keep
+ * sent lines shorter than the 80 columns (readline on TERM=dumb scrolls long
+ * lines horizontally, which garbles their echo but not the program's output);
+ * before `ctrl c`, wait for evidence that the program is busy (on SIGINT the
+ * line discipline discards input the program has not read yet).
+ *
  * On failure, a message naming SCRIPT:LINE and the step is printed to stderr,
  * followed by the child's state and the last ~2000 bytes of cleaned output;
  * the child's process group (and, on Linux, every process left in its
@@ -114,6 +121,7 @@
 #define REJECT_QUIET_MS 50      /* reject: drain until this long quiet ...  */
 #define REJECT_MAX_MS 300       /* ... but at most this long                */
 #define HUP_GRACE_MS 1000       /* cleanup: SIGHUP -> SIGKILL delay         */
+#define MAX_UNMATCHED (16u << 20) /* cap on output kept while waiting       */
 
 enum kind {
     K_SEND, K_EXPECT, K_EXPECT_RE, K_REJECT, K_REJECT_RE, K_CTRL, K_SLEEP,
@@ -174,6 +182,7 @@ static char *out;               /* cleaned output, always NUL-terminated */
 static size_t out_len, out_cap;
 static size_t match_pos;        /* end of the previous match in out */
 static size_t dropped_total;    /* bytes discarded from the front of out */
+static size_t skipped_total;    /* unmatched bytes discarded (MAX_UNMATCHED) */
 static int strip_state;
 static bool echo_at_bol = true;  /* -v: last echoed byte was a newline */
 
@@ -356,17 +365,6 @@ static void clean_byte(unsigned char c)
     }
 }
 
-static void feed(const char *buf, size_t n)
-{
-    if (verbose && n > 0) {
-        fwrite(buf, 1, n, stderr);
-        fflush(stderr);
-        echo_at_bol = buf[n - 1] == '\n';
-    }
-    for (size_t i = 0; i < n; i++)
-        clean_byte((unsigned char)buf[i]);
-}
-
 /* Discard old output once it is well behind the match position. */
 static void compact(void)
 {
@@ -379,6 +377,25 @@ static void compact(void)
     dropped_total += drop;
 }
 
+static void feed(const char *buf, size_t n)
+{
+    if (verbose && n > 0) {
+        fwrite(buf, 1, n, stderr);
+        fflush(stderr);
+        echo_at_bol = buf[n - 1] == '\n';
+    }
+    for (size_t i = 0; i < n; i++)
+        clean_byte((unsigned char)buf[i]);
+    if (out_len - match_pos > MAX_UNMATCHED) {
+        /* A runaway program: forget the older half of the unmatched output
+         * rather than growing without bound until the step times out. */
+        size_t skip = out_len - match_pos - MAX_UNMATCHED / 2;
+        match_pos += skip;
+        skipped_total += skip;
+        compact();
+    }
+}
+
 static void dump_output(void)
 {
     size_t since = out_len - match_pos;
@@ -389,6 +406,10 @@ static void dump_output(void)
     fprintf(stderr, "ptyrun: output received so far: %zu bytes after "
             "cleaning; %zu since the end of the previous match\n",
             out_len + dropped_total, since);
+    if (skipped_total)
+        fprintf(stderr, "ptyrun: (%zu bytes of output that arrived while "
+                "waiting were discarded unmatched: over %u MiB pending)\n",
+                skipped_total, MAX_UNMATCHED >> 20);
     if (before > 0) {
         fprintf(stderr, "ptyrun: ---- last %zu bytes before the end of the "
                 "previous match ----\n", before);
@@ -569,7 +590,7 @@ static void cleanup(void)
                       stderr);
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);
-            int st;
+            int st = 0;
             while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
                 ;
             child_reaped = true;
@@ -750,17 +771,21 @@ static void run_expect(const struct step *s)
     char pat[512], state[128];
     int64_t deadline = now_ms() + timeout_ms;
     quote_arg(s, pat, sizeof pat);
-    size_t from = match_pos;
+    size_t scanned = dropped_total + match_pos; /* absolute offset */
     read_available();
     for (;;) {
         size_t end;
+        size_t from = match_pos;
+        if (scanned > dropped_total + match_pos)
+            from = scanned - dropped_total;
         if (find(s, from, &end)) {
             match_pos = end;
             compact();
             return;
         }
-        /* a later plain-text match can start at most len-1 bytes back */
-        from = out_len >= s->len ? out_len - s->len + 1 : 0;
+        /* a later plain-text match starts at most len-1 bytes back */
+        size_t back = s->len - 1, pending = out_len - match_pos;
+        scanned = dropped_total + out_len - (pending < back ? pending : back);
         if (master_eof) {
             /* give the reaper a moment so the message says how it died */
             int64_t until = now_ms() + 200;
@@ -896,10 +921,8 @@ static void spawn(char **argv)
     pid_t pid = forkpty(&master_fd, NULL, NULL, &ws);
     if (pid < 0)
         fail("forkpty: %s", strerror(errno));
-    if (pid == 0) {
-        close(ep[0]);
-        child_exec(argv, ep[1]);
-    }
+    if (pid == 0)
+        child_exec(argv, ep[1]);        /* ep[0] is close-on-exec */
     child_pid = pid;
     close(ep[1]);
     fcntl(master_fd, F_SETFD, FD_CLOEXEC);
@@ -912,7 +935,7 @@ static void spawn(char **argv)
         ;
     close(ep[0]);
     if (n == (ssize_t)sizeof info) {
-        int st;
+        int st = 0;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
             ;
         child_reaped = true;
@@ -1225,6 +1248,12 @@ int main(int argc, char **argv)
         usage();
     char **cmd = argv + optind;
 
+    /* Make sure fds 0-2 are open, so that no descriptor we create (pty,
+     * pipe) lands on them: ctest or a shell may start us with one closed. */
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+            return 2;
+
     parse_script();
 
     global_deadline = now_ms() + (int64_t)(global_limit * 1000.0);
@@ -1302,6 +1331,7 @@ int main(int argc, char **argv)
         char state[128];
         fprintf(stderr, "%sptyrun: end of script; the child %s\n",
                 echo_at_bol ? "" : "\n", child_state(state, sizeof state));
+        echo_at_bol = true;
     }
     cleanup();
 
