@@ -4,12 +4,14 @@
  *
  *   local data, err = fs.read(path [, {max_bytes = 256 MiB}])
  *   local ok, err   = fs.write(path, data [, {append = false}])
+ *   local names, err = fs.list(dir)     -- sorted entry names, no "." / ".."
  *
  * Errors: kind "io" (message names the path and the OS reason, field
  * `code` holds the errno name), kind "too_large" when the file exceeds
  * max_bytes. A job cannot be interrupted: when its task is cancelled the job
  * finishes in the background and its buffer is freed.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -21,7 +23,7 @@
 
 #define SB_FS_DEFAULT_MAX ((size_t)256 << 20)
 
-enum { FS_READ, FS_WRITE };
+enum { FS_READ, FS_WRITE, FS_LIST };
 
 typedef struct fs_job {
     sb_op *op;                  /* NULL once abandoned */
@@ -120,13 +122,67 @@ static void do_write(fs_job *j)
         j->err = errno;
 }
 
+/* Collect entry names into buf, each followed by '\0'. */
+static void do_list(fs_job *j)
+{
+    DIR *d = opendir(j->path);
+    if (d == NULL) {
+        j->err = errno;
+        return;
+    }
+    size_t cap = 4096;
+    j->buf = malloc(cap);
+    struct dirent *e;
+    while (j->buf && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        size_t n = strlen(e->d_name) + 1;
+        if (j->len + n > cap) {
+            while (j->len + n > cap)
+                cap *= 2;
+            char *nb = realloc(j->buf, cap);
+            if (nb == NULL) {
+                free(j->buf);
+                j->buf = NULL;
+                break;
+            }
+            j->buf = nb;
+        }
+        memcpy(j->buf + j->len, e->d_name, n);
+        j->len += n;
+    }
+    if (j->buf == NULL)
+        j->err = ENOMEM;
+    closedir(d);
+}
+
 static void fs_work(void *arg)
 {
     fs_job *j = arg;
     if (j->kind == FS_READ)
         do_read(j);
-    else
+    else if (j->kind == FS_WRITE)
         do_write(j);
+    else
+        do_list(j);
+}
+
+static const char *verb[] = {"read", "write", "list"};
+
+/* Push the names of a listing as a sorted array. */
+static void push_names(lua_State *co, fs_job *j)
+{
+    lua_newtable(co);
+    int n = 0;
+    for (size_t off = 0; off < j->len; off += strlen(j->buf + off) + 1) {
+        lua_pushstring(co, j->buf + off);
+        lua_rawseti(co, -2, ++n);
+    }
+    lua_getglobal(co, "table");
+    lua_getfield(co, -1, "sort");
+    lua_pushvalue(co, -3);
+    lua_call(co, 1, 0);
+    lua_pop(co, 1);
 }
 
 static void fs_done(void *arg)
@@ -161,11 +217,14 @@ static int push_fs(lua_State *co, void *data)
         n = sb_fail(co, "too_large", "fs.read: '%s' is larger than max_bytes (%zu); "
                                      "pass {max_bytes = N} to allow more", j->path, j->max);
     } else if (j->err) {
-        n = sb_fail(co, "io", "fs.%s: cannot %s '%s': %s", j->kind == FS_READ ? "read" : "write",
-                    j->kind == FS_READ ? "read" : "write", j->path, strerror(j->err));
+        n = sb_fail(co, "io", "fs.%s: cannot %s '%s': %s", verb[j->kind], verb[j->kind], j->path,
+                    strerror(j->err));
         sb_setfield_str(co, "code", errno_name(j->err));
     } else if (j->kind == FS_READ) {
         lua_pushlstring(co, j->buf ? j->buf : "", j->len);
+        n = 1;
+    } else if (j->kind == FS_LIST) {
+        push_names(co, j);
         n = 1;
     } else {
         lua_pushboolean(co, 1);
@@ -252,7 +311,17 @@ static int l_write(lua_State *L)
     return submit(L, op, j);
 }
 
+static int l_list(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    sb_op *op;
+    fs_job *j = new_job(L, &op, path, 0);
+    j->kind = FS_LIST;
+    return submit(L, op, j);
+}
+
 static const luaL_Reg fs_funcs[] = {
+    {"list", l_list},
     {"read", l_read},
     {"write", l_write},
     {NULL, NULL}

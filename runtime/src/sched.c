@@ -34,7 +34,7 @@
 #include <event2/event_struct.h>
 
 #include "sb.h"
-#include "sched.h"
+#include "sb_sched.h"
 
 char sb_task_mt_key;
 char sb_park_marker;   /* yielded by primitives; sched.lua passes it up */

@@ -11,7 +11,7 @@
 #include <event2/event_struct.h>
 
 #include "sb.h"
-#include "sched.h"
+#include "sb_sched.h"
 
 static const char *state_name(sb_task *t)
 {

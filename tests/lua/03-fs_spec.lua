@@ -52,6 +52,20 @@ describe("sibyl.fs", function()
         assert.matches("Name:", data)
     end)
 
+    it("lists a directory sorted, without . and ..", function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir " .. dir) == 0)
+        for _, name in ipairs({ "b.md", "a.txt", "c" }) do
+            assert.is_true(fs.write(dir .. "/" .. name, name))
+        end
+        assert.are.same({ "a.txt", "b.md", "c" }, fs.list(dir))
+        local names, err = fs.list(dir .. "/a.txt")
+        assert.is_nil(names)
+        assert.are.equal("ENOTDIR", err.code)
+        os.execute("rm -r " .. dir)
+    end)
+
     it("many concurrent reads all complete", function()
         local path = helpers.tmpfile("abc")
         local fns = {}

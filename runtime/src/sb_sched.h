@@ -1,5 +1,5 @@
 /*
- * sched.h -- scheduler internals shared by sched.c (the engine) and task.c
+ * sb_sched.h -- scheduler internals shared by sched.c (the engine) and task.c
  * (its Lua bindings). Not for other modules: they use the op API in sb.h.
  */
 #ifndef SB_SCHED_H
