@@ -172,6 +172,15 @@ static sibyl_rt *attach(lua_State *L, struct event_base *base)
     lua_pushlightuserdata(L, &rt_key);
     lua_insert(L, -2);
     lua_rawset(L, LUA_REGISTRYINDEX);
+
+    /* The scheduler is not optional: its metatables and coroutine wrappers
+     * must exist before the first task, so `sibyl` is opened now and
+     * require "sibyl" returns this very table. */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    luaopen_sibyl_core(L);
+    lua_setfield(L, -2, "sibyl");
+    lua_pop(L, 2);
     return rt;
 }
 
@@ -434,5 +443,8 @@ int luaopen_sibyl(lua_State *L)
             return luaL_error(L, "sibyl: cannot create the runtime (out of memory or no event backend)");
         sb_open_modules(L);
     }
-    return luaopen_sibyl_core(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "sibyl");
+    return 1;
 }

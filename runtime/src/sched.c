@@ -518,6 +518,13 @@ static void resume_task(sibyl_rt *rt, sb_task *t)
     int status = lua_resume(co, nargs);
     rt->current = NULL;
 
+    if (status != LUA_YIELD && t->op) {
+        /* The I/O's caller is gone: a coroutine resumed with a raw
+         * resume (saved before the wrappers) swallowed the park. */
+        sb_op *op = t->op;
+        t->op = NULL;
+        op_discard(op);
+    }
     if (status == 0) {
         task_finish(t, R_OK);
     } else if (status == LUA_YIELD) {
@@ -539,11 +546,6 @@ static void resume_task(sibyl_rt *rt, sb_task *t)
                 arm_deadline(t);
         }
     } else {
-        if (t->op) {                    /* raised after sb_op_new+park? never */
-            sb_op *op = t->op;
-            t->op = NULL;
-            op_discard(op);
-        }
         make_task_error(rt, t);
         task_finish(t, t->kill ? R_CANCELLED : R_ERROR);
     }

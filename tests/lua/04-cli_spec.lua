@@ -98,8 +98,18 @@ describe("sibyl CLI", function()
         assert.are.equal(1, run({ "-e", "os.exit(false)" }).code)
     end)
 
-    it("loads stdlib modules lazily", function()
-        local r = run({ "-e", "print(package.loaded['sibyl.json'] == nil, package.loaded.sibyl == nil)" })
+    it("loads stdlib modules lazily; the scheduler is always there", function()
+        local r = run({ "-e", "print(package.loaded['sibyl.json'] == nil, package.loaded.sibyl == require 'sibyl')" })
         assert.are.equal("true\ttrue\n", r.out)
+    end)
+
+    it("parks I/O correctly in coroutines even before require 'sibyl'", function()
+        local r = run({ "-e", [[
+            local fs = require "sibyl.fs"
+            local co = coroutine.create(function() return #fs.read("/proc/self/stat") > 0 end)
+            print(coroutine.resume(co))
+        ]] })
+        assert.are.equal("true\ttrue\n", r.out)
+        assert.are.equal(0, r.code)
     end)
 end)
