@@ -438,8 +438,16 @@ int luaopen_sibyl_core(lua_State *L)
 int luaopen_sibyl(lua_State *L)
 {
     if (find_rt(L) == NULL) {
-        /* A host's own LuaJIT: attach a runtime that lives as long as L. */
-        if (attach(L, NULL) == NULL)
+        /* A host's own LuaJIT: attach a runtime that lives as long as L.
+         * Required from a coroutine, the runtime works on a thread of its
+         * own (anchored in the registry), never on one that may die. */
+        lua_State *work = L;
+        if (!lua_pushthread(L)) {
+            work = lua_newthread(L);
+            luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+        lua_pop(L, 1);
+        if (attach(work, NULL) == NULL)
             return luaL_error(L, "sibyl: cannot create the runtime (out of memory or no event backend)");
         sb_open_modules(L);
     }

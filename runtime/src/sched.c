@@ -191,7 +191,10 @@ int sb_task_push_outcome(lua_State *L, sb_task *t)
         lua_xmove(co, L, 1);
         return 2;
     }
-    luaL_checkstack(L, n + 2, "too many results");
+    /* Never raise here: push functions run outside any protected call. */
+    if (!lua_checkstack(L, n + 2))
+        return sb_fail(L, "error", "task #%llu returned too many values (%d) to pass on",
+                       (unsigned long long)t->id, n);
     for (int i = 1; i <= n; i++) {
         lua_pushvalue(co, i);
         lua_xmove(co, L, 1);
