@@ -27,6 +27,7 @@ enum { FS_READ, FS_WRITE, FS_LIST };
 
 typedef struct fs_job {
     sb_op *op;                  /* NULL once abandoned */
+    int finished;               /* fs_done ran: the job waits for push or cancel */
     int kind, append, err;
     int too_large;
     char *path;
@@ -188,6 +189,7 @@ static void push_names(lua_State *co, fs_job *j)
 static void fs_done(void *arg)
 {
     fs_job *j = arg;
+    j->finished = 1;
     if (j->op == NULL)
         job_free(j);            /* abandoned: its task was cancelled */
     else
@@ -234,9 +236,15 @@ static int push_fs(lua_State *co, void *data)
     return n;
 }
 
+/* The task is gone. A job still running is abandoned (fs_done frees it);
+ * a finished one was waiting to be delivered and is freed now. */
 static void cancel_fs(void *data)
 {
-    ((fs_data *)data)->job->op = NULL;   /* fs_done frees it */
+    fs_job *j = ((fs_data *)data)->job;
+    if (j->finished)
+        job_free(j);
+    else
+        j->op = NULL;
 }
 
 /* Allocate the op first (it raises outside a task), then the job. */

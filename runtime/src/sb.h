@@ -18,6 +18,13 @@
  * task's coroutine and resumes it with what push_fn pushed. If the task is
  * cancelled or its deadline expires first, cancel_fn(data) is called instead
  * (exactly once, and push_fn never), and the task gets nil, err.
+ *
+ * cancel_fn must handle both states an op can be in when its task dies:
+ * still pending (stop the work; make sure no callback fires afterwards) and
+ * completed but not yet delivered (free the results push_fn would have
+ * consumed). push_fn must not raise: it runs outside any protected call.
+ * Allocate the op after checking arguments, since sb_op_new can raise and an
+ * op that was never parked must be freed with sb_op_abort.
  */
 #ifndef SB_H
 #define SB_H

@@ -87,6 +87,23 @@ describe("sibyl.fs", function()
         os.remove(path)
     end)
 
+    it("a task cancelled after its read finished, before it resumed, frees the result", function()
+        local path = helpers.tmpfile(string.rep("z", 100000))
+        local reader = sibyl.spawn(function() return fs.read(path) end)
+        sibyl.yield()                   -- the reader starts its read and parks
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.05 do end   -- block the loop: the job finishes meanwhile
+        for _ = 1, 10 do                -- let the loop take the completion; we run before the reader
+            sibyl.yield()
+            if reader:status() ~= "waiting" then break end
+        end
+        assert.are.equal("ready", reader:status())
+        assert.is_true(reader:cancel())  -- completed but not delivered: ASan checks nothing leaks
+        local _, err = reader:wait()
+        assert.are.equal("cancelled", err.kind)
+        os.remove(path)
+    end)
+
     it("works from a plain coroutine inside a task", function()
         local r = helpers.run_cli({ "-e", [[
             local fs = require "sibyl.fs"
