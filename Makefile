@@ -10,7 +10,7 @@ CMAKE_ARGS ?=
 
 # Every Debian package the project needs: build, runtime, tests, benchmarks.
 DEB_PACKAGES = build-essential cmake pkg-config \
-	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev \
+	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev libcurl4-openssl-dev \
 	libreadline-dev lua-busted \
 	hyperfine python3
 

@@ -52,6 +52,17 @@ sibyl_rt *sb_rt(lua_State *L)
     return *p;
 }
 
+int sb_rt_on_close(sibyl_rt *rt, void (*fn)(void *), void *ud)
+{
+    int n = (int)(sizeof rt->on_close / sizeof rt->on_close[0]);
+    if (rt->non_close >= n)
+        return -1;
+    rt->on_close[rt->non_close].fn = fn;
+    rt->on_close[rt->non_close].ud = ud;
+    rt->non_close++;
+    return 0;
+}
+
 void sb_rt_hold(sibyl_rt *rt) { rt->keepalive++; }
 void sb_rt_release(sibyl_rt *rt) { if (rt->keepalive) rt->keepalive--; }
 
@@ -105,6 +116,8 @@ void sb_open_modules(lua_State *L)
         {"sibyl", luaopen_sibyl},
         {"sibyl.yaml", luaopen_sibyl_yaml},
         {"sibyl.fs", luaopen_sibyl_fs},
+        {"sibyl.sse", luaopen_sibyl_sse},
+        {"sibyl.http.core", luaopen_sibyl_http_core},
         {"cjson", luaopen_cjson},
         {NULL, NULL}
     };
@@ -128,6 +141,10 @@ static int anchor_gc(lua_State *L)
         return 0;
     *p = NULL;
     rt->closing = 1;
+    while (rt->non_close > 0) {
+        rt->non_close--;
+        rt->on_close[rt->non_close].fn(rt->on_close[rt->non_close].ud);
+    }
     sb_pool_free(rt);
     sb_sched_free(rt);
     if (rt->own_base && rt->base)

@@ -108,7 +108,11 @@ struct sibyl_rt {
     sb_pool *pool;              /* created lazily */
     int nworkers;               /* pool size knob (SIBYL_WORKERS), 0 = default */
 
-    int task_ref_base;          /* unused placeholder for future registry use */
+    struct sb_http *http;       /* http_client.c state, created on first use */
+
+    struct { void (*fn)(void *); void *ud; } on_close[8];
+    int non_close;
+
     char errbuf[4096];          /* last error for sibyl_error() */
     int closing;
 };
@@ -119,6 +123,12 @@ sibyl_rt *sb_rt(lua_State *L);
 
 /* Monotonic clock, seconds. */
 double sb_now(void);
+
+/* Run fn(ud) when the runtime closes: after every task has been torn down,
+ * before the worker pool and the event_base go (last registered, first
+ * run). For module-wide state such as the HTTP client's multi handle.
+ * Returns -1 when the (small, fixed) table is full. */
+int sb_rt_on_close(sibyl_rt *rt, void (*fn)(void *), void *ud);
 
 /* Keep sibyl_run() going while a long-lived object (a server) exists. */
 void sb_rt_hold(sibyl_rt *rt);
@@ -194,6 +204,8 @@ void sb_pool_free(sibyl_rt *rt);
 int luaopen_sibyl_core(lua_State *L);   /* sched.c: the `sibyl` table */
 int luaopen_sibyl_yaml(lua_State *L);   /* yaml.c */
 int luaopen_sibyl_fs(lua_State *L);     /* fs.c */
+int luaopen_sibyl_sse(lua_State *L);    /* sse.c */
+int luaopen_sibyl_http_core(lua_State *L); /* http_client.c */
 int luaopen_cjson(lua_State *L);        /* lua-cjson */
 
 /* Register the built-in C modules in package.preload and the embedded

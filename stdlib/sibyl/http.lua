@@ -1,0 +1,241 @@
+-- sibyl.http -- the HTTP client: libcurl multi on the event loop.
+--
+--   local http = require "sibyl.http"
+--   local res, err = http.get("http://127.0.0.1:8080/v1/models")
+--   local res, err = http.post(url, { model = "m" })          -- table body -> JSON
+--   local res, err = http.request{ method = "PUT", url = url, headers = { ["x-api-key"] = k },
+--                                  body = "raw", query = { q = "x" }, timeout = 30 }
+--   res.status, res.headers["content-type"], res.body, res:json()
+--
+-- Streaming: opts.stream = function(chunk, res) ... end (return false to
+-- stop early); http.sse(opts) for Server-Sent Events.
+-- Errors (nil, err): kinds connect, timeout, tls, url, http, too_large,
+-- parse, cancelled. 4xx/5xx are returned as responses unless
+-- opts.raise_status is true (then kind "http" with err.status, err.body).
+
+local core = require "sibyl.http.core"
+local json = require "sibyl.json"
+local sibyl = require "sibyl"
+
+local type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall =
+    type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall
+local concat, sort = table.concat, table.sort
+local lower, format, find = string.lower, string.format, string.find
+local escape = core.escape
+
+local _M = { _VERSION = "0.1.0" }
+
+--- Defaults for every request; change them here or per call.
+_M.defaults = {
+    timeout = 60,            -- seconds for the whole request (0 = none)
+    connect_timeout = 10,    -- seconds to connect
+    max_body = 64 * 1024 * 1024,
+    follow = true,           -- follow redirects
+    max_redirects = 5,
+    tls_verify = true,
+}
+
+
+-- Case-insensitive header lookup: names are stored lower-case.
+local headers_mt = {
+    __index = function(t, k)
+        if type(k) == "string" then
+            return rawget(t, lower(k))
+        end
+    end,
+}
+
+
+-- Turn the flat {name, value, ...} list from C into a header table; repeated
+-- names are joined with ", " (set-cookie keeps a list in headers["set-cookie*"]).
+local function make_headers(flat)
+    local h = {}
+    for i = 1, #flat, 2 do
+        local k, v = flat[i], flat[i + 1]
+        local prev = h[k]
+        if prev then
+            h[k] = prev .. ", " .. v
+        else
+            h[k] = v
+        end
+    end
+    return setmetatable(h, headers_mt)
+end
+
+
+local response_mt = {}
+response_mt.__index = response_mt
+
+--- Decode the body as JSON: value, or nil, err (kind "parse").
+function response_mt:json()
+    local v, err = json.decode(self.body or "")
+    if v == nil and err then
+        err.message = err.message .. " (HTTP " .. tostring(self.status) .. " from " .. self.url .. ")"
+        err.status = self.status
+    end
+    return v, err
+end
+
+
+function response_mt.__tostring(self)
+    return format("sibyl.http.response %d (%d bytes)", self.status, #(self.body or ""))
+end
+
+
+local function encode_query(q)
+    local keys = {}
+    for k in pairs(q) do keys[#keys + 1] = k end
+    sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    local parts = {}
+    for _, k in ipairs(keys) do
+        local v = q[k]
+        if type(v) == "table" then
+            for _, item in ipairs(v) do
+                parts[#parts + 1] = escape(tostring(k)) .. "=" .. escape(tostring(item))
+            end
+        else
+            parts[#parts + 1] = escape(tostring(k)) .. "=" .. escape(tostring(v))
+        end
+    end
+    return concat(parts, "&")
+end
+
+
+-- Normalise user options into what the C core takes.
+local function prepare(opts, level)
+    if type(opts) ~= "table" then
+        error("http.request: options table expected, got " .. type(opts), level)
+    end
+    local url = opts.url
+    if type(url) ~= "string" then
+        error("http.request: opts.url must be a string", level)
+    end
+    if opts.query then
+        if type(opts.query) ~= "table" then
+            error("http.request: opts.query must be a table", level)
+        end
+        local qs = encode_query(opts.query)
+        if qs ~= "" then
+            url = url .. (find(url, "?", 1, true) and "&" or "?") .. qs
+        end
+    end
+    local d = _M.defaults
+    local method = opts.method and opts.method:upper() or (opts.body ~= nil and "POST" or "GET")
+    local hdrs, has_ct = {}, false
+    if opts.headers then
+        if type(opts.headers) ~= "table" then
+            error("http.request: opts.headers must be a table of name = value", level)
+        end
+        for k, v in pairs(opts.headers) do
+            if lower(k) == "content-type" then has_ct = true end
+            hdrs[#hdrs + 1] = k .. ": " .. tostring(v)
+        end
+    end
+    local body = opts.body
+    if type(body) == "table" then
+        body = json.encode(body)
+        if not has_ct then hdrs[#hdrs + 1] = "Content-Type: application/json" end
+    elseif body ~= nil and type(body) ~= "string" then
+        error("http.request: opts.body must be a string or a table (sent as JSON)", level)
+    end
+    if body ~= nil then
+        hdrs[#hdrs + 1] = "Expect:"          -- no 100-continue round trip
+    end
+    return {
+        url = url, method = method, headers = hdrs, body = body,
+        timeout = opts.timeout or d.timeout,
+        connect_timeout = opts.connect_timeout or d.connect_timeout,
+        max_body = opts.max_body or d.max_body,
+        follow = (opts.follow == nil) and d.follow or opts.follow,
+        max_redirects = opts.max_redirects or d.max_redirects,
+        tls_verify = (opts.tls_verify == nil) and d.tls_verify or opts.tls_verify,
+    }
+end
+
+
+local function make_response(url, status, flat, body)
+    return setmetatable({ status = status, headers = make_headers(flat), body = body, url = url },
+        response_mt)
+end
+
+
+local function check_status(res, opts)
+    if opts.raise_status and res.status >= 400 then
+        return nil, sibyl.error("http", format("HTTP %d from %s", res.status, res.url),
+            { status = res.status, body = res.body, headers = res.headers })
+    end
+    return res
+end
+
+
+-- Streamed request: call opts.stream(chunk, res) as data arrives.
+local function stream_request(c, opts)
+    local t = core.open(c)
+    local status, flat = t:headers()
+    if not status then
+        t:close()
+        return nil, flat
+    end
+    local res = make_response(c.url, status, flat, nil)
+    local fn = opts.stream
+    while true do
+        local chunk, err = t:read()
+        if chunk == nil then
+            t:close()
+            if err then return nil, err end
+            break
+        end
+        local ok, more = pcall(fn, chunk, res)
+        if not ok then
+            t:close()
+            error(more, 0)
+        end
+        if more == false then
+            t:close()
+            break
+        end
+    end
+    return check_status(res, opts)
+end
+
+
+--- Make a request. Returns a response or nil, err.
+function _M.request(opts)
+    local c = prepare(opts, 3)
+    if opts.stream then
+        return stream_request(c, opts)
+    end
+    local status, flat, body = core.request(c)
+    if not status then
+        return nil, flat
+    end
+    return check_status(make_response(c.url, status, flat, body), opts)
+end
+
+
+--- GET url. opts may add headers, query, timeout...
+function _M.get(url, opts)
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.url, o.method = url, o.method or "GET"
+    return _M.request(o)
+end
+
+
+--- POST body (a string, or a table sent as JSON) to url.
+function _M.post(url, body, opts)
+    local o = {}
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.url, o.method, o.body = url, o.method or "POST", body
+    return _M.request(o)
+end
+
+
+--- Set client-wide limits: {max_connections=1024, max_host_connections=256}.
+-- Requests beyond them wait inside the client. Returns the limits in force.
+function _M.configure(opts)
+    return core.configure(opts)
+end
+
+
+return _M
