@@ -6,6 +6,7 @@
  * Build: linked against libsibyl (see CMakeLists.txt here); run from this
  * folder: ./sibyl_host. The test suite runs it and looks for "host: done".
  */
+#define _POSIX_C_SOURCE 200809L     /* nanosleep */
 #include <stdio.h>
 #include <time.h>
 

@@ -48,6 +48,7 @@ typedef struct {
 static repl_state R;
 static int sig_pipe[2] = {-1, -1};
 static volatile sig_atomic_t hook_armed;
+static volatile sig_atomic_t sigint_for_line;   /* the Ctrl-C was meant for a running chunk */
 
 /* ------------------------------------------------------------ interrupts */
 
@@ -74,6 +75,7 @@ static void on_sigint(int sig)
         _exit(130);
     }
     if (R.line_task) {
+        sigint_for_line = 1;
         hook_armed = 1;   /* stop busy Lua code in the running chunk */
         lua_sethook(R.rt->L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
     }
@@ -89,12 +91,16 @@ static void on_line(char *line);
 
 static void prompt_on(void)
 {
+    if (R.stdin_ev == NULL)
+        return;                         /* not a terminal: see run_piped */
     rl_callback_handler_install(R.len ? PROMPT_MORE : PROMPT, on_line);
     event_add(R.stdin_ev, NULL);
 }
 
 static void prompt_off(void)
 {
+    if (R.stdin_ev == NULL)
+        return;
     event_del(R.stdin_ev);
     rl_callback_handler_remove();
 }
@@ -185,7 +191,8 @@ static void on_line(char *line)
     }
     if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
         lua_pop(L, 2);
-        rl_set_prompt(PROMPT_MORE);
+        if (R.stdin_ev)
+            rl_set_prompt(PROMPT_MORE);
         return;
     }
     if (R.len) {
@@ -197,7 +204,8 @@ static void on_line(char *line)
     if (lua_isnil(L, -2)) {
         printf("%s\n", lua_tostring(L, -1));
         lua_pop(L, 2);
-        rl_set_prompt(PROMPT);
+        if (R.stdin_ev)
+            rl_set_prompt(PROMPT);
         return;
     }
     lua_pop(L, 1);                      /* the compiled function */
@@ -228,11 +236,15 @@ static void sig_cb(evutil_socket_t fd, short what, void *arg)
     SB_UNUSED(arg);
     while (read(fd, b, sizeof b) > 0)
         ;
+    int for_line = sigint_for_line;
+    sigint_for_line = 0;
     if (R.line_task) {
         printf("\n");
         sb_task_cancel(R.line_task);   /* line_done brings the prompt back */
         return;
     }
+    if (for_line)
+        return;                         /* the hook already stopped that chunk */
     /* At the prompt: drop the line (and any pending chunk). */
     reset_buffer();
     printf("^C\n");
@@ -240,6 +252,27 @@ static void sig_cb(evutil_socket_t fd, short what, void *arg)
     rl_set_prompt(PROMPT);
     rl_on_new_line();
     rl_redisplay();
+}
+
+/* Standard input is a pipe or a file (`sibyl -i < cmds.lua`): epoll cannot
+ * watch regular files, so read lines in blocking mode and run each chunk
+ * to completion, with the same evaluation and printing as at the prompt. */
+static void run_piped(void)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while (!R.done && (n = getline(&line, &cap, stdin)) >= 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
+        on_line(strdup(line));
+        while (R.line_task && !R.done)
+            event_base_loop(R.rt->base, EVLOOP_ONCE);
+        fflush(stdout);
+    }
+    free(line);
+    if (!R.done)
+        on_line(NULL);
 }
 
 /* ---------------------------------------------------------------- entry */
@@ -274,7 +307,8 @@ int sb_repl(sibyl_rt *rt)
     rl_catch_signals = 0;
     rl_catch_sigwinch = 0;
     rl_readline_name = "sibyl";
-    open_history();
+    if (isatty(STDIN_FILENO))
+        open_history();
 
     struct sigaction sa, old;
     memset(&sa, 0, sizeof sa);
@@ -282,26 +316,33 @@ int sb_repl(sibyl_rt *rt)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
 
-    R.stdin_ev = event_new(rt->base, STDIN_FILENO, EV_READ | EV_PERSIST, stdin_cb, NULL);
+    int tty = isatty(STDIN_FILENO);
+    if (tty)
+        R.stdin_ev = event_new(rt->base, STDIN_FILENO, EV_READ | EV_PERSIST, stdin_cb, NULL);
     R.sig_ev = event_new(rt->base, sig_pipe[0], EV_READ | EV_PERSIST, sig_cb, NULL);
     event_add(R.sig_ev, NULL);
-    printf("Sibyl %s -- Lua on an event loop. Ctrl-C cancels, Ctrl-D exits.\n", SIBYL_VERSION);
-    fflush(stdout);
-    prompt_on();
-
     sb_rt_hold(rt);             /* the prompt keeps the loop alive */
-    while (!R.done)
-        event_base_loop(rt->base, EVLOOP_ONCE);
+    if (tty) {
+        printf("Sibyl %s -- Lua on an event loop. Ctrl-C cancels, Ctrl-D exits.\n", SIBYL_VERSION);
+        fflush(stdout);
+        prompt_on();
+        while (!R.done)
+            event_base_loop(rt->base, EVLOOP_ONCE);
+    } else {
+        run_piped();
+    }
     sb_rt_release(rt);
 
     if (R.line_task)
         sb_task_cancel(R.line_task);
-    event_free(R.stdin_ev);
+    if (R.stdin_ev)
+        event_free(R.stdin_ev);
     event_free(R.sig_ev);
     sigaction(SIGINT, &old, NULL);
     close(sig_pipe[0]);
     close(sig_pipe[1]);
     reset_buffer();
-    rl_callback_handler_remove();
+    if (isatty(STDIN_FILENO))
+        rl_callback_handler_remove();
     return SIBYL_OK;
 }

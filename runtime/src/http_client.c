@@ -195,6 +195,7 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *userp)
         return 0;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    event_base_update_cache_time(h->rt->base);
     evtimer_add(&h->timer, &tv);
     return 0;
 }

@@ -119,7 +119,8 @@ int sb_op_park(lua_State *L, sb_op *op)
     if (!lua_isyieldable(L)) {
         op_discard(op);
         return luaL_error(L, "cannot wait for I/O here: the call is inside a C boundary "
-                             "(a metamethod, an iterator or a callback such as table.sort's); "
+                             "(a C function calling back into Lua, such as table.sort's "
+                             "comparator, string.gsub's replacement or a __gc); "
                              "move the I/O out of it");
     }
     t->op = op;
@@ -478,6 +479,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 static void arm_deadline(sb_task *t)
 {
+    event_base_update_cache_time(t->rt->base);
     double left = t->deadline - sb_now();
     if (left <= 0) {
         deadline_cb(-1, 0, t);

@@ -69,8 +69,8 @@ end
 -- (and in tasks it spawns) fails with kind "timeout" once it expires.
 -- Nested deadlines keep the earliest. Returns fn's results; errors pass through.
 function sibyl.deadline(secs, fn, ...)
-    if type(secs) ~= "number" then
-        error("bad argument #1 to 'deadline' (number of seconds expected)", 2)
+    if type(secs) ~= "number" or secs < 0 or secs ~= secs then
+        error("bad argument #1 to 'deadline' (number of seconds >= 0 expected)", 2)
     end
     if type(fn) ~= "function" then
         error("bad argument #2 to 'deadline' (function expected)", 2)

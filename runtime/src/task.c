@@ -62,6 +62,9 @@ static int l_task_cancel(lua_State *L)
     }
     if (t->state == T_RUNNING) {
         /* Cancelling ourselves: stop right here. */
+        if (!lua_isyieldable(L))
+            return luaL_error(L, "a task cannot cancel itself from inside a C boundary "
+                                 "(a callback such as table.sort's); return from it first");
         t->kill = 1;
         lua_pushlightuserdata(L, &sb_park_marker);
         return lua_yield(L, 1);
@@ -171,6 +174,9 @@ static int l_sleep(lua_State *L)
     tv.tv_sec = (time_t)secs;
     tv.tv_usec = (suseconds_t)((secs - (double)tv.tv_sec) * 1e6);
     evtimer_assign(&s->ev, op->rt->base, sleep_cb, op);
+    /* libevent measures from its cached loop time: refresh it, or a task
+     * that computed for a while would wake early. */
+    event_base_update_cache_time(op->rt->base);
     evtimer_add(&s->ev, &tv);
     return sb_op_park(L, op);
 }
@@ -244,6 +250,8 @@ static int l_gather(lua_State *L)
         lua_pop(L, 1);
     }
     int n = (int)lua_objlen(L, 1);
+    if (sb_rt(L)->current == NULL)
+        return luaL_error(L, "sibyl.gather must be called from inside a task");
     /* Resolve entries: spawn functions, check tasks. Keep handles in a table
      * at index 3 so they stay alive while we work. */
     lua_settop(L, 2);
@@ -280,10 +288,6 @@ static int l_gather(lua_State *L)
         int r = push_gather_result(L, ts, n, all, failed);
         free(ts);
         return r;
-    }
-    if (sb_rt(L)->current == NULL) {
-        free(ts);
-        return luaL_error(L, "sibyl.gather must be called from inside a task");
     }
     sb_op *op = sb_op_new_internal(L, sizeof(gather_data) + sizeof(sb_link) * (size_t)n,
                                    push_gather, cancel_gather);

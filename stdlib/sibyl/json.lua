@@ -12,7 +12,9 @@
 --    empty table and re-encodes as `{}` unless marked.
 --  * Numbers keep 14 significant digits when encoded (integers beyond 1e14
 --    lose precision: send them as strings).
---  * Sparse arrays (holes) encode as objects with string keys.
+--  * Arrays with holes encode with nulls in the holes when the largest index
+--    is at most 10 or at most twice the element count; sparser tables encode
+--    as objects with string keys (never an error).
 
 local cjson = require "cjson"
 local sibyl = require "sibyl"

@@ -12,6 +12,8 @@ local type, tostring, pairs, ipairs, next, getmetatable, rawget =
 local concat, sort = table.concat, table.sort
 local format, rep, match = string.format, string.rep, string.match
 
+local null = require("cjson").null
+
 local _M = { _VERSION = "0.1.0" }
 
 local KEY_ORDER = { number = 1, string = 2, boolean = 3 }
@@ -43,14 +45,10 @@ local function scalar(v)
             return format("%d", v)
         end
         return format("%.17g", v)
-    elseif t == "userdata" and v == nil then
-        return "nil"
+    elseif v == null then
+        return "null"               -- json.null / yaml.null
     end
-    local s = tostring(v)
-    if t == "userdata" and s:match("^userdata: %(nil%)") then
-        return "null"
-    end
-    return s
+    return tostring(v)
 end
 
 

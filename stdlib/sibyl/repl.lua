@@ -17,7 +17,9 @@ local _M = { _VERSION = "0.1.0" }
 -- Returns fn; or false when the chunk is incomplete (more lines needed);
 -- or nil, message on a syntax error.
 function _M.compile(src)
-    local fn = loadstring("return " .. src, "=stdin")
+    -- As an expression first, so `x + 1` prints 2. Wrapped in select() so
+    -- a failing call is not a tail call and its error keeps "stdin:1:".
+    local fn = loadstring("return select(1, " .. src .. "\n)", "=stdin")
     if fn then
         return fn
     end
@@ -33,6 +35,7 @@ function _M.compile(src)
 end
 
 
+-- The traceback of an error in a typed chunk, without the REPL's own frames.
 local function handler(e)
     if type(e) == "table" then
         return tostring(e)
@@ -40,7 +43,9 @@ local function handler(e)
     if e == "interrupted" or (type(e) == "string" and e:find(": interrupted$")) then
         return "interrupted"   -- Ctrl-C: the traceback would only show the REPL
     end
-    return traceback(tostring(e), 2)
+    local tb = traceback(tostring(e), 2)
+    local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
+    return cut and tb:sub(1, cut - 1) or tb
 end
 
 

@@ -125,6 +125,22 @@ describe("sibyl tasks", function()
         assert.is_true(d >= 0.019 and d < 0.5, "slept " .. d)
     end)
 
+    it("sleep measures from now even after a stretch of CPU work", function()
+        local t0 = os.clock()
+        while os.clock() - t0 < 0.05 do end       -- the loop's cached time goes stale
+        local start = sibyl.now()
+        sibyl.sleep(0.05)
+        assert.is_true(sibyl.now() - start >= 0.049, "woke early")
+        local _, err = sibyl.deadline(0.05, function()
+            local c0 = os.clock()
+            while os.clock() - c0 < 0.03 do end
+            local s = sibyl.now()
+            sibyl.sleep(1)
+            return nil, sibyl.error("x", "x", { waited = sibyl.now() - s })
+        end)
+        assert.is_true(err.waited >= 0.015, "deadline fired early: " .. err.waited)
+    end)
+
     it("current() is the running task", function()
         local t
         t = sibyl.spawn(function() return sibyl.current() end)
@@ -167,6 +183,23 @@ describe("cancel", function()
         assert.is_false(ran)
         local _, err = t:wait()
         assert.are.equal("cancelled", err.kind)
+    end)
+
+    it("self-cancel from a C boundary raises and leaves the task running", function()
+        local after = false
+        local t = sibyl.spawn(function()
+            local ok, err = pcall(table.sort, { 2, 1 }, function(a, b)
+                sibyl.current():cancel()
+                return a < b
+            end)
+            sibyl.sleep(0)
+            after = true
+            return ok, err
+        end)
+        local ok, err = t:wait()
+        assert.is_false(ok)
+        assert.matches("cannot cancel itself from inside a C boundary", err)
+        assert.is_true(after)
     end)
 
     it("a task can cancel itself", function()

@@ -93,6 +93,16 @@ describe("sibyl CLI", function()
         assert.are.equal("main done\nbackground done\n", r.out)
     end)
 
+    it("-i with piped stdin evaluates line by line like the REPL", function()
+        local r = run({ "-i" }, "x = 41\nx + 1\nerror('boom')\nfunction f() local t; return t.y end\nf()\n")
+        assert.are.equal(0, r.code)
+        assert.matches("\n?42\n", r.out)
+        assert.matches("stdin:1: boom", r.out)
+        assert.matches("in function 'f'", r.out)
+        assert.is_nil(r.out:find("xpcall", 1, true))       -- no REPL internals
+        assert.is_nil(r.out:find("repl.lua", 1, true))
+    end)
+
     it("honours os.exit codes", function()
         assert.are.equal(3, run({ "-e", "os.exit(3)" }).code)
         assert.are.equal(1, run({ "-e", "os.exit(false)" }).code)
