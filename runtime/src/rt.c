@@ -118,6 +118,7 @@ void sb_open_modules(lua_State *L)
         {"sibyl.fs", luaopen_sibyl_fs},
         {"sibyl.sse", luaopen_sibyl_sse},
         {"sibyl.http.core", luaopen_sibyl_http_core},
+        {"sibyl.server.core", luaopen_sibyl_server_core},
         {"cjson", luaopen_cjson},
         {NULL, NULL}
     };

@@ -231,6 +231,97 @@ function _M.post(url, body, opts)
 end
 
 
+-- ------------------------------------------------------------------ SSE
+
+local sse_stream = {}
+sse_stream.__index = sse_stream
+
+
+--- The next event {event=, data=, id=, retry=}; nil at the end of the
+-- stream; or nil, err (the stream is closed on error).
+function sse_stream:next()
+    while true do
+        local q = self._queue
+        if self._qi <= #q then
+            local ev = q[self._qi]
+            q[self._qi] = nil
+            self._qi = self._qi + 1
+            return ev
+        end
+        if self._t == nil then
+            return nil, self.error
+        end
+        local chunk, err = self._t:read()
+        if chunk == nil then
+            self:close()
+            self.error = err
+            return nil, err
+        end
+        local events, perr = self._p:feed(chunk)
+        if not events then
+            self:close()
+            self.error = perr
+            return nil, perr
+        end
+        self._queue, self._qi = events, 1
+    end
+end
+
+
+--- Iterate events: `for ev in stream:events() do ... end`. After the loop,
+-- stream.error is set when the stream failed rather than ended.
+function sse_stream:events()
+    return function()
+        return (self:next())
+    end
+end
+
+
+--- Stop reading: the transfer is aborted. Idempotent.
+function sse_stream:close()
+    if self._t then
+        self._t:close()
+        self._t = nil
+        self._p:close()
+    end
+end
+
+
+--- Open a Server-Sent Events stream (GET by default, POST with a body).
+-- Returns a stream (stream.response holds status and headers) or nil, err.
+-- A 4xx/5xx answer is an error of kind "http" with err.status and err.body.
+function _M.sse(opts)
+    local c = prepare(opts, 3)
+    c.headers[#c.headers + 1] = "Accept: text/event-stream"
+    local t = core.open(c)
+    local status, flat = t:headers()
+    if not status then
+        t:close()
+        return nil, flat
+    end
+    local res = make_response(c.url, status, flat, nil)
+    if status >= 400 then
+        local parts = {}
+        while #parts < 64 do
+            local chunk = t:read()
+            if not chunk then break end
+            parts[#parts + 1] = chunk
+        end
+        t:close()
+        res.body = concat(parts)
+        return nil, sibyl.error("http", format("HTTP %d from %s", status, c.url),
+            { status = status, body = res.body, headers = res.headers })
+    end
+    return setmetatable({
+        response = res,
+        _t = t,
+        _p = require("sibyl.sse").parser({ max_event = opts.max_event }),
+        _queue = {},
+        _qi = 1,
+    }, sse_stream)
+end
+
+
 --- Set client-wide limits: {max_connections=1024, max_host_connections=256}.
 -- Requests beyond them wait inside the client. Returns the limits in force.
 function _M.configure(opts)
