@@ -7,6 +7,7 @@
  *   srv:port()  srv:inflight()  srv:close()  srv:shutdown()  (stop accepting)
  *   core.reply(req, status, {"Name", "value", ...}, body)
  *   core.start(req, status, headers)  core.chunk(req, data)  core.finish(req)
+ *   core.abort(req)                   drop the connection (fault injection)
  *   core.wait_signal{"INT", "TERM"}   -> name of the signal that arrived
  *
  * Each request becomes a task running dispatch(req), where req is a table
@@ -307,6 +308,18 @@ static int l_finish(lua_State *L)
     return 0;
 }
 
+/* core.abort(req): drop the client's connection without a proper reply
+ * (for tests of truncated streams and resets). */
+static int l_abort(lua_State *L)
+{
+    sb_req *q = check_req(L, 1);
+    struct evhttp_connection *conn = q->conn;
+    req_forget(q);
+    if (conn)
+        evhttp_connection_free(conn);
+    return 0;
+}
+
 static int l_req_alive(lua_State *L)
 {
     lua_pushboolean(L, check_req(L, 1)->r != NULL);
@@ -505,6 +518,7 @@ static const luaL_Reg core_funcs[] = {
     {"start", l_start},
     {"chunk", l_chunk},
     {"finish", l_finish},
+    {"abort", l_abort},
     {"wait_signal", l_wait_signal},
     {NULL, NULL}
 };

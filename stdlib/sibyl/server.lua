@@ -146,6 +146,14 @@ function response_mt:sse(ev)
 end
 
 
+--- Drop the client's connection at once, mid-reply if need be (to test
+-- how clients handle resets and truncated streams).
+function response_mt:abort()
+    self.started, self.closed, self.alive = true, true, false
+    core.abort(self._rq)
+end
+
+
 --- Finish a streamed reply. Idempotent.
 function response_mt:close()
     if self.started and not self.closed then

@@ -10,7 +10,9 @@ local module_dir = (os.getenv("SIBYL_BIN") or "build/sibyl"):gsub("sibyl$", "lua
 local function luajit(code)
     local path = helpers.tmpfile("package.cpath = " .. string.format("%q", module_dir .. "/?.so;")
         .. " .. package.cpath\n" .. code)
-    local p = assert(io.popen("luajit " .. path .. " 2>&1; echo \"__rc=$?\""))
+    local preload = os.getenv("SIBYL_LD_PRELOAD") or ""
+    local env = preload ~= "" and ("LD_PRELOAD=" .. helpers.shell_quote(preload) .. " ") or ""
+    local p = assert(io.popen(env .. "luajit " .. path .. " 2>&1; echo \"__rc=$?\""))
     local out = p:read("*a")
     p:close()
     os.remove(path)
