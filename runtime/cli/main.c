@@ -39,6 +39,8 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  test [PATHS] [busted options]   run busted specs inside the runtime\n"
+    "  serve app.lua [--port N] [--host H]\n"
+    "                                  serve the routes app.lua returns\n"
     "\n"
     "With no script and no -e, sibyl opens a REPL when standard input is a\n"
     "terminal and runs standard input otherwise. See doc/cli.md.\n";
@@ -103,13 +105,15 @@ static int run_require(sibyl_rt *rt, const char *name)
     return report(rt, sb_run_chunk(rt, 1));
 }
 
-/* sibyl test ...: hand the arguments to busted's runner inside a task. */
-static int run_tests(sibyl_rt *rt, char **argv, int argc, int first)
+/* sibyl test|serve ...: hand the arguments to the command's Lua module
+ * (sibyl.testing, sibyl.serve) inside a task; `arg` holds them. */
+static int run_command(sibyl_rt *rt, char **argv, int argc, int first, const char *module)
 {
     lua_State *L = rt->L;
     set_arg(L, argv, argc, first - 1);
-    static const char code[] = "return require('sibyl.testing').main(...)";
-    if (luaL_loadbuffer(L, code, sizeof code - 1, "=(sibyl test)") != 0)
+    char code[128];
+    snprintf(code, sizeof code, "return require('%s').main(...)", module);
+    if (luaL_loadbuffer(L, code, strlen(code), "=(sibyl command)") != 0)
         return SIBYL_ERROR;
     int status = report(rt, sb_run_chunk(rt, 0));
     if (status == SIBYL_OK)
@@ -160,8 +164,13 @@ int main(int argc, char **argv)
     }
     int status = SIBYL_OK;
 
-    if (script && i == script && strcmp(argv[script], "test") == 0) {
-        status = run_tests(rt, argv, argc, script + 1);
+    const char *command = NULL;
+    if (script && i == script && strcmp(argv[script], "test") == 0)
+        command = "sibyl.testing";
+    else if (script && i == script && strcmp(argv[script], "serve") == 0)
+        command = "sibyl.serve";
+    if (command) {
+        status = run_command(rt, argv, argc, script + 1, command);
         sibyl_close(rt);
         return status == SIBYL_OK ? 0 : 1;
     }
