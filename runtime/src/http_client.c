@@ -390,6 +390,7 @@ static xfer *xfer_start(lua_State *L, int streaming)
     int follow = opt_bool(L, 1, "follow", 1);
     long max_redirects = (long)opt_num(L, 1, "max_redirects", 5);
     int verify = opt_bool(L, 1, "tls_verify", 1);
+    int compressed = opt_bool(L, 1, "compressed", 0);
     lua_getfield(L, 1, "body");
     if (!lua_isnil(L, -1) && !lua_isstring(L, -1))
         luaL_error(L, "http: opts.body must be a string (the Lua layer encodes tables)");
@@ -439,7 +440,8 @@ static xfer *xfer_start(lua_State *L, int streaming)
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    if (compressed)
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");   /* every encoding curl has */
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)follow);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, max_redirects);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, (long)verify);

@@ -33,6 +33,7 @@ _M.defaults = {
     follow = true,           -- follow redirects
     max_redirects = 5,
     tls_verify = true,
+    compressed = false,      -- ask for gzip/br/zstd and decode it
 }
 
 
@@ -149,6 +150,7 @@ local function prepare(opts, level)
         follow = (opts.follow == nil) and d.follow or opts.follow,
         max_redirects = opts.max_redirects or d.max_redirects,
         tls_verify = (opts.tls_verify == nil) and d.tls_verify or opts.tls_verify,
+        compressed = (opts.compressed == nil) and d.compressed or opts.compressed,
     }
 end
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# LLM-call fan-out: N chat-completion POSTs at concurrency C, each reply
+# JSON-decoded, against the fixed-reply nginx endpoint from ../shared/bench,
+# next to Python aiohttp, the official Node openai client and wrk (the raw
+# HTTP limit), all in this run. Goal: >= 10x aiohttp's req/s, RSS < 30 MB.
+set -euo pipefail
+N=${FANOUT_N:-20000}; C=${FANOUT_C:-256}
+PEERS=$(realpath ../shared/bench)
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+( cd "$PEERS" && "$PY" gen_conf.py >/dev/null && ./start.sh >/dev/null 2>&1 ) || true
+trap '( cd "$PEERS" && ./stop.sh >/dev/null 2>&1 ) || true' EXIT
+for _ in $(seq 50); do curl -s -o /dev/null -X POST http://127.0.0.1:18080/v1/chat/completions && break; sleep 0.1; done
+
+# run NAME CMD...: prints "NAME|req/s|cpu s|peak RSS MB" using the tool's own req/s line.
+run() {
+  local name=$1; shift
+  local out tm; tm=$(mktemp)
+  out=$(/usr/bin/time -f "%U %S %M" -o "$tm" "$@" 2>/dev/null | tail -1) || { echo "$name|failed|-|-"; return; }
+  read -r u s m < "$tm"; rm -f "$tm"
+  local rps; rps=$(echo "$out" | grep -oE '[0-9]+ req/s' | grep -oE '[0-9]+')
+  awk -v n="$name" -v r="$rps" -v u="$u" -v s="$s" -v m="$m" 'BEGIN { printf "%s|%d|%.2f|%.1f\n", n, r, u + s, m / 1024 }'
+}
+
+rows=()
+rows+=("$(run "Sibyl (sibyl.http, this build)" "$SIBYL" tests/bench/fanout.lua "$N" "$C")")
+rows+=("$(run "Python 3 asyncio + aiohttp" "$PY" "$PEERS/py_aiohttp.py" "$N" "$C")")
+if command -v node >/dev/null && { [ -d "$PEERS/node/node_modules/openai" ] || (cd "$PEERS/node" && npm ci --silent >/dev/null 2>&1); }; then
+  rows+=("$(run "Node + official openai client" node "$PEERS/node/openai_client.mjs" "$N" "$C")")
+fi
+wrk_rps=$(wrk -t2 -c"$C" -d5s -s "$PEERS/post.lua" http://127.0.0.1:18080/v1/chat/completions 2>/dev/null \
+          | awk '/Requests\/sec/ { printf "%d", $2 }')
+
+echo "## LLM-call fan-out"
+echo
+echo "$N chat completions at concurrency $C against a fixed-reply nginx endpoint on loopback,"
+echo "every reply JSON-decoded (\`tests/bench/fanout.lua\` vs \`../shared/bench/\` peers, one run)."
+echo
+echo "| client | req/s | CPU s | peak RSS MB | vs aiohttp |"
+echo "|---|---|---|---|---|"
+aio=$(printf '%s\n' "${rows[@]}" | awk -F'|' '/aiohttp/ { print $2 }')
+for r in "${rows[@]}"; do
+  IFS='|' read -r name rps cpu rss <<< "$r"
+  ratio=$(awk -v a="$rps" -v b="$aio" 'BEGIN { if (b > 0 && a > 0) printf "%.1fx", a / b; else print "-" }')
+  echo "| $name | $rps | $cpu | $rss | $ratio |"
+done
+echo "| wrk -t2 -c$C (raw HTTP, no parsing: the limit) | ${wrk_rps:-?} | - | - | - |"
