@@ -438,20 +438,26 @@ static void task_finish(sb_task *t, int result)
     t->self_ref = LUA_NOREF;
 }
 
-/* Kill a task that is not running. */
-void sb_task_kill(sb_task *t)
+/* Take a task that is not running off the ready queue and tear down the
+ * op it waits on (or the completed one it was about to receive). */
+static void detach(sb_task *t)
 {
-    sibyl_rt *rt = t->rt;
-    if (t->state == T_DONE)
-        return;
-    assert(t->state != T_RUNNING);
+    assert(t->state != T_DONE);   /* RUNNING only when the state closes under a task */
     if (t->state == T_READY)
-        ready_remove(rt, t);
+        ready_remove(t->rt, t);
     if (t->op) {
         sb_op *op = t->op;
         t->op = NULL;
         op_discard(op);
     }
+}
+
+/* Kill a task that is not running. */
+void sb_task_kill(sb_task *t)
+{
+    if (t->state == T_DONE)
+        return;
+    detach(t);
     task_finish(t, R_CANCELLED);
 }
 
@@ -600,13 +606,7 @@ int sb_task_gc(lua_State *L)
     sibyl_rt *rt = t->rt;
     if (t->state != T_DONE) {
         /* Only reachable when the whole state closes: tear down quietly. */
-        if (t->state == T_READY)
-            ready_remove(rt, t);
-        if (t->op) {
-            sb_op *op = t->op;
-            t->op = NULL;
-            op_discard(op);
-        }
+        detach(t);
         t->state = T_DONE;
         rt->ntasks--;
     } else if (t->unobs_next || t->unobs_prev || rt->unobserved == t) {

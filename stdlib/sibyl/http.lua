@@ -170,15 +170,24 @@ local function check_status(res, opts)
 end
 
 
--- Streamed request: call opts.stream(chunk, res) as data arrives.
-local function stream_request(c, opts)
+-- Start a streamed transfer and wait for its headers: t, res or nil, err.
+local function open_stream(c)
     local t = core.open(c)
     local status, flat = t:headers()
     if not status then
         t:close()
         return nil, flat
     end
-    local res = make_response(c.url, status, flat, nil)
+    return t, make_response(c.url, status, flat, nil)
+end
+
+
+-- Streamed request: call opts.stream(chunk, res) as data arrives.
+local function stream_request(c, opts)
+    local t, res = open_stream(c)
+    if not t then
+        return nil, res
+    end
     local fn = opts.stream
     while true do
         local chunk, err = t:read()
@@ -295,13 +304,11 @@ end
 function _M.sse(opts)
     local c = prepare(opts, 3)
     c.headers[#c.headers + 1] = "Accept: text/event-stream"
-    local t = core.open(c)
-    local status, flat = t:headers()
-    if not status then
-        t:close()
-        return nil, flat
+    local t, res = open_stream(c)
+    if not t then
+        return nil, res
     end
-    local res = make_response(c.url, status, flat, nil)
+    local status = res.status
     if status >= 400 then
         local parts = {}
         while #parts < 64 do
