@@ -8,11 +8,13 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
-# Every Debian package the project needs: build, runtime, tests, benchmarks.
+# Every Debian package the project needs: build, runtime, tests, benchmarks
+# (the last line: the peers and load tools of `make bench`; Node for the
+# openai-client peer is used when present).
 DEB_PACKAGES = build-essential cmake pkg-config \
 	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev libcurl4-openssl-dev \
 	libreadline-dev lua-busted \
-	hyperfine python3
+	hyperfine python3 python3-aiohttp nginx-light wrk curl time
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

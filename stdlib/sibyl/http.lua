@@ -252,12 +252,10 @@ sse_stream.__index = sse_stream
 -- stream; or nil, err (the stream is closed on error).
 function sse_stream:next()
     while true do
-        local q = self._queue
-        if self._qi <= #q then
-            local ev = q[self._qi]
-            q[self._qi] = nil
-            self._qi = self._qi + 1
-            return ev
+        local i = self._qi
+        if i <= self._qn then
+            self._qi = i + 1
+            return self._queue[i]
         end
         if self._t == nil then
             return nil, self.error
@@ -274,7 +272,7 @@ function sse_stream:next()
             self.error = perr
             return nil, perr
         end
-        self._queue, self._qi = events, 1
+        self._queue, self._qi, self._qn = events, 1, #events
     end
 end
 
@@ -327,6 +325,7 @@ function _M.sse(opts)
         _p = require("sibyl.sse").parser({ max_event = opts.max_event }),
         _queue = {},
         _qi = 1,
+        _qn = 0,
     }, sse_stream)
 end
 

@@ -147,7 +147,9 @@ end
 
 
 --- Drop the client's connection at once, mid-reply if need be (to test
--- how clients handle resets and truncated streams).
+-- how clients handle resets and truncated streams). Like a real reset,
+-- output not yet flushed to the socket is lost: yield (sibyl.sleep) after
+-- writing if the client must see it first.
 function response_mt:abort()
     self.started, self.closed, self.alive = true, true, false
     core.abort(self._rq)

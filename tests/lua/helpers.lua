@@ -3,6 +3,8 @@
 
 local sibyl = require "sibyl"
 
+package.path = "tests/fixtures/?.lua;" .. package.path
+
 local _M = {}
 
 --- Path of the sibyl binary under test.
@@ -53,8 +55,10 @@ end
 --- Seconds taken by fn(...), plus its results.
 function _M.timed(fn, ...)
     local t0 = sibyl.now()
-    local r = { fn(...) }
-    return sibyl.now() - t0, unpack(r)
+    local r = { n = 0 }
+    local function pack(...) r.n = select("#", ...); for i = 1, r.n do r[i] = (select(i, ...)) end end
+    pack(fn(...))
+    return sibyl.now() - t0, unpack(r, 1, r.n)
 end
 
 
