@@ -46,6 +46,7 @@ typedef struct sb_http {
     struct event timer;
     CURL *free_easy[SB_HTTP_FREE_HANDLES];
     int nfree;
+    long running;               /* transfers inside the multi handle */
     long max_connections, max_host_connections;
 } sb_http;
 
@@ -117,6 +118,7 @@ static void xfer_stop(xfer *x)
     if (x->in_multi) {
         curl_multi_remove_handle(x->h->multi, x->easy);
         x->in_multi = 0;
+        x->h->running--;
     }
     sb_http *h = x->h;
     if (h->nfree < SB_HTTP_FREE_HANDLES) {
@@ -159,6 +161,7 @@ static void check_multi_info(sb_http *h)
         if (x == NULL)
             continue;
         x->in_multi = 0;
+        h->running--;
         x->done = 1;
         x->result = res;
         if (!x->status)
@@ -294,6 +297,17 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp)
 
 /* ------------------------------------------------------ module state */
 
+static void multi_setup(sb_http *h)
+{
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, h->max_connections);
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, h->max_host_connections);
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, h->max_connections);
+}
+
 static void http_close(void *ud)
 {
     sb_http *h = ud;
@@ -325,13 +339,7 @@ static sb_http *get_http(lua_State *L)
     h->max_connections = 1024;
     h->max_host_connections = 256;
     evtimer_assign(&h->timer, rt->base, timer_cb, h);
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
-    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, h->max_connections);
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, h->max_host_connections);
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, h->max_connections);
+    multi_setup(h);
     if (sb_rt_on_close(rt, http_close, h) != 0) {
         curl_multi_cleanup(h->multi);
         free(h);
@@ -496,6 +504,7 @@ static xfer *xfer_start(lua_State *L, int streaming)
         return NULL;
     }
     x->in_multi = 1;
+    h->running++;
     return x;
 }
 
@@ -538,10 +547,10 @@ static int push_xfer_error(lua_State *L, xfer *x)
     if (x->easy)
         curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
     if (x->too_large)
-        return sb_fail(L, "too_large", "http: response body from %s exceeds max_body (%zu bytes); "
+        return sb_fail(L, "too_large", "response body from %s exceeds max_body (%zu bytes); "
                                        "raise opts.max_body or stream it", url ? url : "?", x->max_body);
     const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result);
-    sb_fail(L, err_kind(x), "http: %s: %s", url ? url : "request", detail);
+    sb_fail(L, err_kind(x), "%s: %s", url ? url : "request", detail);
     lua_pushinteger(L, (lua_Integer)x->result);
     lua_setfield(L, -2, "curl_code");
     return 2;
@@ -740,11 +749,23 @@ static int l_configure(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     sb_http *h = get_http(L);
-    h->max_connections = (long)opt_num(L, 1, "max_connections", (double)h->max_connections);
-    h->max_host_connections = (long)opt_num(L, 1, "max_host_connections", (double)h->max_host_connections);
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, h->max_connections);
-    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, h->max_host_connections);
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, h->max_connections);
+    long total = (long)opt_num(L, 1, "max_connections", (double)h->max_connections);
+    long host = (long)opt_num(L, 1, "max_host_connections", (double)h->max_host_connections);
+    luaL_argcheck(L, total >= 0 && host >= 0, 1, "limits must be >= 0 (0 = unlimited)");
+    int lowered = total < h->max_connections || host < h->max_host_connections;
+    h->max_connections = total;
+    h->max_host_connections = host;
+    if (lowered && h->running == 0) {
+        /* libcurl checks the limits only when it opens a connection: start a
+         * fresh pool so idle connections above the new limits go now. */
+        CURLM *fresh = curl_multi_init();
+        if (fresh) {
+            curl_multi_cleanup(h->multi);
+            h->multi = fresh;
+            evtimer_del(&h->timer);
+        }
+    }
+    multi_setup(h);
     lua_createtable(L, 0, 2);
     lua_pushnumber(L, (lua_Number)h->max_connections);
     lua_setfield(L, -2, "max_connections");

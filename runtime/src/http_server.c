@@ -78,6 +78,11 @@ static void conn_closed(struct evhttp_connection *conn, void *arg)
 {
     sb_req *q = arg;
     SB_UNUSED(conn);
+    /* When the connection failed under a request we had not finished,
+     * evhttp detached the request and left it to us: free it. A request
+     * still attached is freed by evhttp with its connection. */
+    if (q->r && evhttp_request_get_connection(q->r) == NULL)
+        evhttp_request_free(q->r);
     q->conn = NULL;
     q->r = NULL;
     if (q->srv) {
@@ -203,8 +208,17 @@ static void request_cb(struct evhttp_request *r, void *arg)
 {
     sb_server *s = arg;
     if (s->max_inflight > 0 && s->inflight >= s->max_inflight) {
-        evhttp_add_header(evhttp_request_get_output_headers(r), "Retry-After", "1");
-        evhttp_send_error(r, 503, "server busy: too many requests in flight (max_inflight)");
+        static const char busy[] = "{\"error\":{\"message\":\"server busy: too many requests in "
+                                   "flight (max_inflight); retry shortly\",\"status\":503}}";
+        struct evkeyvalq *out = evhttp_request_get_output_headers(r);
+        evhttp_add_header(out, "Retry-After", "1");
+        evhttp_add_header(out, "Content-Type", "application/json");
+        struct evbuffer *buf = evbuffer_new();
+        if (buf)
+            evbuffer_add(buf, busy, sizeof busy - 1);
+        evhttp_send_reply(r, 503, "Service Unavailable", buf);
+        if (buf)
+            evbuffer_free(buf);
         return;
     }
     spawn_ctx c = {s, r};

@@ -52,8 +52,9 @@ function request_mt:json()
 end
 
 
-local function unescape(s)
-    s = gsub(s, "+", " ")
+-- Percent-decoding; in query strings "+" also means a space (not in paths).
+local function unescape(s, plus)
+    if plus then s = gsub(s, "+", " ") end
     return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
@@ -63,7 +64,7 @@ local function parse_query(qs)
     if not qs then return q end
     for pair in gmatch(qs, "[^&]+") do
         local k, v = match(pair, "^([^=]*)=?(.*)$")
-        k, v = unescape(k), unescape(v)
+        k, v = unescape(k, true), unescape(v, true)
         local prev = q[k]
         if prev == nil then
             q[k] = v
@@ -178,14 +179,20 @@ local function shape(ret)
         error("handler returned a " .. t .. "; return a table, a string or a response", 0)
     end
     if ret.status or ret.body ~= nil or ret.headers then
+        local status = ret.status or 200
+        if type(status) ~= "number" or status < 100 or status > 599 or status % 1 ~= 0 then
+            error("handler returned status " .. tostring(status) .. "; want an HTTP status number", 0)
+        end
         local headers, body = ret.headers or {}, ret.body
+        local has_ct = false
+        for k in pairs(headers) do if lower(k) == "content-type" then has_ct = true end end
         if type(body) == "table" then
             body = json.encode(body)
-            local has = false
-            for k in pairs(headers) do if lower(k) == "content-type" then has = true end end
-            if not has then headers["Content-Type"] = "application/json" end
+            if not has_ct then headers["Content-Type"] = "application/json" end
+        elseif body ~= nil and not has_ct then
+            headers["Content-Type"] = "text/plain; charset=utf-8"
         end
-        return ret.status or 200, headers, body or ""
+        return status, headers, body or ""
     end
     return 200, { ["Content-Type"] = "application/json" }, json.encode(ret)
 end
@@ -308,6 +315,10 @@ function _M.listen(opts)
             core.reply(rq, 500, { "Content-Type", "application/json" },
                 error_body(500, "internal error: the handler failed (see the server log)"))
             return
+        end
+        if req.method == "HEAD" then   -- headers of the GET reply, no body
+            headers["Content-Length"] = #body
+            body = ""
         end
         core.reply(rq, status, flat_headers(headers), body)
     end

@@ -145,6 +145,9 @@ describe("sibyl.http", function()
             assert.are.equal("text/x", echo.headers["accept"])
             assert.matches("^sibyl/", echo.headers["user-agent"])
             assert.are.equal("", echo.body)
+            assert.is_nil(echo.headers["accept-encoding"])      -- compression is opt-in
+            echo = assert(http.get(base .. "/echo", { compressed = true })):json()
+            assert.matches("gzip", echo.headers["accept-encoding"])
         end)
 
         it("encodes opts.query (sorted keys, lists repeat the key) and appends to an existing query", function()
