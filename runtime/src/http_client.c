@@ -29,10 +29,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include <curl/curl.h>
 #include <event2/event_struct.h>
 
 #include "sb.h"
+#include "sb_curl.h"
 
 #define SB_HTTP_DEFAULT_MAX_BODY   ((size_t)64 << 20)
 #define SB_HTTP_STREAM_HIGH_WATER  ((size_t)1 << 20)
@@ -324,12 +324,6 @@ static sb_http *get_http(lua_State *L)
     sibyl_rt *rt = sb_rt(L);
     if (rt->http)
         return rt->http;
-    static int global_init;
-    if (!global_init) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            luaL_error(L, "sibyl.http: curl_global_init failed");
-        global_init = 1;
-    }
     sb_http *h = calloc(1, sizeof *h);
     if (h == NULL || (h->multi = curl_multi_init()) == NULL) {
         free(h);
@@ -805,6 +799,9 @@ static const luaL_Reg core_funcs[] = {
 
 int luaopen_sibyl_http_core(lua_State *L)
 {
+    char err[256];
+    if (sb_curl_load(err, sizeof err) != 0)
+        return luaL_error(L, "sibyl.http: %s", err);
     sb_newmeta(L, &transfer_mt_key, "sibyl.http.transfer");
     luaL_setfuncs(L, transfer_methods, 0);
     lua_pop(L, 1);
