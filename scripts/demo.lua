@@ -34,11 +34,13 @@ local function words(text)
 end
 
 
--- How many of the question's words a passage contains (each counted once).
+-- How well a passage matches: each question word it contains counts 1,
+-- and every further mention a little more.
 local function score(passage, qwords)
     local text, s = passage:lower(), 0
     for _, w in ipairs(qwords) do
-        if text:find(w, 1, true) then s = s + 1 end
+        local _, n = text:gsub(w, "")
+        if n > 0 then s = s + 1 + 0.1 * (n - 1) end
     end
     return s
 end
@@ -75,9 +77,11 @@ end
 -- Split into paragraphs and rank them against the question.
 local qwords, hits = words(cfg.question), {}
 for _, doc in ipairs(docs) do
-    for para in (doc.text .. "\n\n"):gmatch("(.-)\n%s*\n") do
+    local prose = doc.text:gsub("\n```.-\n```", "\n")   -- code blocks are not answers
+    for para in (prose .. "\n\n"):gmatch("(.-)\n%s*\n") do
         local s = score(para, qwords)
-        if s > 0 and #para > 40 then
+        local prose_line = not para:match("^%s*[|#]")          -- skip tables and headings
+        if s > 0 and #para > 40 and prose_line then
             hits[#hits + 1] = { score = s, path = doc.path, text = para }
         end
     end
