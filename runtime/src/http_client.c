@@ -3,6 +3,7 @@
  * the C half of `sibyl.http` (stdlib/sibyl/http.lua is the policy half).
  *
  *   core.request(o)  -> status, headers, body | nil, err     one park per request
+ *                      (headers: one string of "name\0value\0" pairs)
  *   core.open(o)     -> transfer                             streaming
  *       t:headers()  -> status, headers | nil, err
  *       t:read()     -> chunk | nil (end) | nil, err
@@ -11,7 +12,7 @@
  *
  * `o` is the already-normalised request: {url=, method=, headers={"K: v"...},
  * body=, timeout=, connect_timeout=, max_body=, follow=, max_redirects=,
- * tls_verify=}. headers come back as a flat array {name1, value1, ...}.
+ * tls_verify=}.
  *
  * Engine: one CURLM per runtime (connection cache, DNS cache, HTTP/2
  * multiplexing), sockets and the timer mapped to libevent events as in
@@ -550,16 +551,12 @@ static int push_xfer_error(lua_State *L, xfer *x)
     return 2;
 }
 
+/* Push the response headers as one string of "name\0value\0" pairs (names
+ * lower-cased): one allocation per response; http.lua splits it only if the
+ * caller looks at res.headers. */
 static void push_headers(lua_State *L, xfer *x)
 {
-    lua_createtable(L, 16, 0);
-    int i = 0;
-    for (size_t off = 0; off < x->hlen;) {
-        size_t n = strlen(x->hdr + off);
-        lua_pushlstring(L, x->hdr + off, n);
-        lua_rawseti(L, -2, ++i);
-        off += n + 1;
-    }
+    lua_pushlstring(L, x->hdr ? x->hdr : "", x->hlen);
 }
 
 /* ----------------------------------------------------- core.request */

@@ -20,7 +20,7 @@ local sibyl = require "sibyl"
 local type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall =
     type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall
 local concat, sort = table.concat, table.sort
-local lower, format, find = string.lower, string.format, string.find
+local lower, format, find, gmatch = string.lower, string.format, string.find, string.gmatch
 local escape = core.escape
 
 local _M = { _VERSION = "0.1.0" }
@@ -47,12 +47,11 @@ local headers_mt = {
 }
 
 
--- Turn the flat {name, value, ...} list from C into a header table; repeated
--- names are joined with ", " (set-cookie keeps a list in headers["set-cookie*"]).
-local function make_headers(flat)
+-- Turn the "name\0value\0..." block from C (names already lower-case) into
+-- a header table; repeated names are joined with ", ".
+local function make_headers(block)
     local h = {}
-    for i = 1, #flat, 2 do
-        local k, v = flat[i], flat[i + 1]
+    for k, v in gmatch(block, "([^%z]*)%z([^%z]*)%z") do
         local prev = h[k]
         if prev then
             h[k] = prev .. ", " .. v
@@ -64,11 +63,22 @@ local function make_headers(flat)
 end
 
 
-local response_mt = {}
-response_mt.__index = response_mt
+-- Responses build their header table on first use of res.headers: most
+-- callers only want the body.
+local response_methods = {}
+local response_mt = {
+    __index = function(res, k)
+        if k == "headers" then
+            local h = make_headers(rawget(res, "_flat"))
+            rawset(res, "headers", h)
+            return h
+        end
+        return response_methods[k]
+    end,
+}
 
 --- Decode the body as JSON: value, or nil, err (kind "parse").
-function response_mt:json()
+function response_methods:json()
     local v, err = json.decode(self.body or "")
     if v == nil and err then
         err.message = err.message .. " (HTTP " .. tostring(self.status) .. " from " .. self.url .. ")"
@@ -156,8 +166,7 @@ end
 
 
 local function make_response(url, status, flat, body)
-    return setmetatable({ status = status, headers = make_headers(flat), body = body, url = url },
-        response_mt)
+    return setmetatable({ status = status, _flat = flat, body = body, url = url }, response_mt)
 end
 
 
