@@ -20,10 +20,13 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <readline/history.h>
@@ -221,12 +224,33 @@ static void on_line(char *line)
     lua_pop(L, 1);
 }
 
+/* readline blocks when asked to read a character that is not there, and
+ * that would stall the whole loop. So read only what FIONREAD says is
+ * waiting (a wake-up can be stale: Ctrl-C may have flushed the input). */
 static void stdin_cb(evutil_socket_t fd, short what, void *arg)
 {
-    SB_UNUSED(fd);
+    int n = 0;
     SB_UNUSED(what);
     SB_UNUSED(arg);
+    if (ioctl(fd, FIONREAD, &n) == 0 && n == 0) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)))
+            rl_callback_read_char();    /* hang-up: let readline see EOF */
+        return;
+    }
     rl_callback_read_char();
+}
+
+/* Readline's terminal set-up, plus NOFLSH: Ctrl-C must not discard input
+ * the loop was already told about (readline would then block reading it). */
+static void prep_terminal(int meta)
+{
+    rl_prep_terminal(meta);
+    struct termios t;
+    if (tcgetattr(STDIN_FILENO, &t) == 0) {
+        t.c_lflag |= NOFLSH;
+        tcsetattr(STDIN_FILENO, TCSANOW, &t);
+    }
 }
 
 static void sig_cb(evutil_socket_t fd, short what, void *arg)
@@ -307,6 +331,7 @@ int sb_repl(sibyl_rt *rt)
     rl_catch_signals = 0;
     rl_catch_sigwinch = 0;
     rl_readline_name = "sibyl";
+    rl_prep_term_function = prep_terminal;
     if (isatty(STDIN_FILENO))
         open_history();
 
