@@ -11,14 +11,21 @@ PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
 trap '( cd "$PEERS" && ./stop.sh >/dev/null 2>&1 ) || true' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null -X POST http://127.0.0.1:18080/v1/chat/completions && break; sleep 0.1; done
 
-# run NAME CMD...: prints "NAME|req/s|cpu s|peak RSS MB" using the tool's own req/s line.
+# run NAME CMD...: runs the client RUNS times (default 3) and prints
+# "NAME|req/s|cpu s|peak RSS MB" for the run with the median req/s, using
+# the client's own "N req/s" line. Every client gets the same treatment.
+RUNS=${FANOUT_RUNS:-3}
 run() {
   local name=$1; shift
-  local out tm; tm=$(mktemp)
-  out=$(/usr/bin/time -f "%U %S %M" -o "$tm" "$@" 2>/dev/null | tail -1) || { echo "$name|failed|-|-"; return; }
-  read -r u s m < "$tm"; rm -f "$tm"
-  local rps; rps=$(echo "$out" | grep -oE '[0-9]+ req/s' | grep -oE '[0-9]+')
-  awk -v n="$name" -v r="$rps" -v u="$u" -v s="$s" -v m="$m" 'BEGIN { printf "%s|%d|%.2f|%.1f\n", n, r, u + s, m / 1024 }'
+  local results=() out tm u s m rps
+  for _ in $(seq "$RUNS"); do
+    tm=$(mktemp)
+    out=$(/usr/bin/time -f "%U %S %M" -o "$tm" "$@" 2>/dev/null | tail -1) || { rm -f "$tm"; echo "$name|failed|-|-"; return; }
+    read -r u s m < "$tm"; rm -f "$tm"
+    rps=$(echo "$out" | grep -oE '[0-9]+ req/s' | grep -oE '[0-9]+')
+    results+=("$(awk -v r="$rps" -v u="$u" -v s="$s" -v m="$m" 'BEGIN { printf "%d|%.2f|%.1f", r, u + s, m / 1024 }')")
+  done
+  printf '%s\n' "${results[@]}" | sort -t'|' -k1,1n | sed -n "$(( (RUNS + 1) / 2 ))p" | sed "s/^/$name|/"
 }
 
 rows=()
@@ -33,7 +40,8 @@ wrk_rps=$(wrk -t2 -c"$C" -d5s -s "$PEERS/post.lua" http://127.0.0.1:18080/v1/cha
 echo "## LLM-call fan-out"
 echo
 echo "$N chat completions at concurrency $C against a fixed-reply nginx endpoint on loopback,"
-echo "every reply JSON-decoded (\`tests/bench/fanout.lua\` vs \`../shared/bench/\` peers, one run)."
+echo "every reply JSON-decoded (\`tests/bench/fanout.lua\` vs \`../shared/bench/\` peers). Each client"
+echo "ran $RUNS times, one after another, in this run; each row is that client's median run."
 echo
 echo "| client | req/s | CPU s | peak RSS MB | vs aiohttp |"
 echo "|---|---|---|---|---|"
