@@ -6,20 +6,12 @@ local sibyl = require "sibyl"
 local http = require "sibyl.http"
 local server = require "sibyl.server"
 local json = require "sibyl.json"
+local helpers = require "helpers"
 
 local unpack = unpack or table.unpack
 
 
--- Poll cond() until it is true or `secs` pass; returns its last value.
-local function eventually(cond, secs)
-    local t0 = sibyl.now()
-    local v = cond()
-    while not v and sibyl.now() - t0 < (secs or 2) do
-        sibyl.sleep(0.01)
-        v = cond()
-    end
-    return v
-end
+local eventually = helpers.eventually
 
 
 -- Client sockets connected to `port` (Linux /proc/net/tcp*), or nil elsewhere.

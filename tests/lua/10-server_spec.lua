@@ -79,15 +79,7 @@ local function parse_raw(bytes)
 end
 
 
-local function eventually(cond, secs)
-    local t0 = sibyl.now()
-    local v = cond()
-    while not v and sibyl.now() - t0 < (secs or 2) do
-        sibyl.sleep(0.01)
-        v = cond()
-    end
-    return v
-end
+local eventually = helpers.eventually
 
 
 -- A server for one test: returns it and its base URL; closed by `finally`.

@@ -52,6 +52,18 @@ function _M.run_cli(args, stdin)
 end
 
 
+--- Poll cond() until it is true or `secs` (default 2) pass; returns its last value.
+function _M.eventually(cond, secs)
+    local t0 = sibyl.now()
+    local v = cond()
+    while not v and sibyl.now() - t0 < (secs or 2) do
+        sibyl.sleep(0.01)
+        v = cond()
+    end
+    return v
+end
+
+
 --- Seconds taken by fn(...), plus its results.
 function _M.timed(fn, ...)
     local t0 = sibyl.now()
