@@ -129,6 +129,7 @@ end
 -- Returns false once the client has gone (its handler is then cancelled).
 function response_mt:sse(ev)
     if not self.started then
+        self.is_sse = true
         self:start(200, { ["Content-Type"] = "text/event-stream", ["Cache-Control"] = "no-cache",
                           ["X-Accel-Buffering"] = "no" })
     end
@@ -306,8 +307,20 @@ function _M.listen(opts)
             return shape(handler(req, res))
         end, traceback)
         if res.started then           -- a streamed reply ends with the handler
-            if not ok then on_error(req, status) end
-            res:close()
+            if ok then
+                res:close()
+                return
+            end
+            -- Failed mid-stream: let the client know rather than end cleanly. An
+            -- SSE client gets a last "error" event; a plain stream is cut short.
+            on_error(req, status)
+            if res.is_sse then
+                res:sse{ event = "error", data = { error = {
+                    message = "internal error: the handler failed (see the server log)", status = 500 } } }
+                res:close()
+            else
+                res:abort()
+            end
             return
         end
         if not ok then

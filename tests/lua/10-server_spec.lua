@@ -437,7 +437,7 @@ describe("sibyl.server", function()
             assert.is_nil(st.after_loop)
         end)
 
-        it("an error in a streaming handler ends the stream and is reported", function()
+        it("an error in an SSE handler sends a last error event and is reported", function()
             local errs = {}
             local _, base = serve{ on_error = function(_, e) errs[#errs + 1] = e end, routes = {
                 ["GET /sse"] = function(req, res)
@@ -447,9 +447,25 @@ describe("sibyl.server", function()
             } }
             local stream = assert(http.sse{ url = base .. "/sse" })
             assert.are.equal("one", stream:next().data)
+            local last = stream:next()
+            assert.are.equal("error", last.event)
+            assert.are.equal(500, json.decode(last.data).error.status)
             assert.is_nil(stream:next())
             assert.are.equal(1, #errs)
             assert.matches("mid%-stream failure", errs[1])
+        end)
+
+        it("an error in a plain streamed reply cuts the transfer short", function()
+            local _, base = serve{ on_error = function() end, routes = {
+                ["GET /chunks"] = function(req, res)
+                    res:write("partial")
+                    sibyl.sleep(0.02)
+                    error("mid-stream failure")
+                end,
+            } }
+            local res, err = http.get(base .. "/chunks")
+            assert.is_nil(res)
+            assert.are.equal("connect", err.kind)
         end)
 
         it("res:abort() drops the connection mid-reply", function()
