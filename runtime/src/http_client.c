@@ -2,10 +2,10 @@
  * http_client.c -- libcurl's multi_socket API on the runtime's libevent loop;
  * the C half of `sibyl.http` (stdlib/sibyl/http.lua is the policy half).
  *
- *   core.request(o)  -> status, headers, body | nil, err     one park per request
+ *   core.request(o)  -> status, headers, body, url | nil, err  one park per request
  *                      (headers: one string of "name\0value\0" pairs)
  *   core.open(o)     -> transfer                             streaming
- *       t:headers()  -> status, headers | nil, err
+ *       t:headers()  -> status, headers, url | nil, err
  *       t:read()     -> chunk | nil (end) | nil, err
  *       t:close()
  *   core.configure{max_connections=, max_host_connections=}
@@ -559,6 +559,18 @@ static void push_headers(lua_State *L, xfer *x)
     lua_pushlstring(L, x->hdr ? x->hdr : "", x->hlen);
 }
 
+/* Push the URL the response came from (after redirects), or nil. */
+static void push_effective_url(lua_State *L, xfer *x)
+{
+    const char *url = NULL;
+    if (x->easy)
+        curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+    if (url)
+        lua_pushstring(L, url);
+    else
+        lua_pushnil(L);
+}
+
 /* ----------------------------------------------------- core.request */
 
 static int push_request(lua_State *co, void *data)
@@ -572,7 +584,8 @@ static int push_request(lua_State *co, void *data)
         lua_pushinteger(co, x->status);
         push_headers(co, x);
         lua_pushlstring(co, x->buf ? x->buf : "", x->len);
-        n = 3;
+        push_effective_url(co, x);
+        n = 4;
     }
     xfer_free(co, x);
     return n;
@@ -666,7 +679,8 @@ static int push_headers_result(lua_State *co, xfer *x)
     }
     lua_pushinteger(co, x->status);
     push_headers(co, x);
-    return 2;
+    push_effective_url(co, x);
+    return 3;
 }
 
 /* Push the next chunk, nil at the end, or nil, err. Resumes a paused

@@ -182,12 +182,12 @@ end
 -- Start a streamed transfer and wait for its headers: t, res or nil, err.
 local function open_stream(c)
     local t = core.open(c)
-    local status, flat = t:headers()
+    local status, flat, url = t:headers()
     if not status then
         t:close()
         return nil, flat
     end
-    return t, make_response(c.url, status, flat, nil)
+    return t, make_response(url or c.url, status, flat, nil)
 end
 
 
@@ -225,11 +225,11 @@ function _M.request(opts)
     if opts.stream then
         return stream_request(c, opts)
     end
-    local status, flat, body = core.request(c)
+    local status, flat, body, url = core.request(c)
     if not status then
         return nil, flat
     end
-    return check_status(make_response(c.url, status, flat, body), opts)
+    return check_status(make_response(url or c.url, status, flat, body), opts)
 end
 
 

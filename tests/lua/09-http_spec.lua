@@ -264,12 +264,14 @@ describe("sibyl.http", function()
             local echo = res:json()
             assert.are.equal("/echo", echo.path)
             assert.are.equal("redirect", echo.query.from)
+            assert.are.equal(base .. "/echo?from=redirect", res.url)   -- the final URL
         end)
 
         it("are returned as they are with follow = false", function()
             local res = assert(http.get(base .. "/redirect", { follow = false }))
             assert.are.equal(302, res.status)
             assert.are.equal("/echo?from=redirect", res.headers.location)
+            assert.are.equal(base .. "/redirect", res.url)
         end)
 
         it("stop after max_redirects", function()
