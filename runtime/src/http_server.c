@@ -16,7 +16,8 @@
  * lua_cpcall, so an allocation failure cannot unwind through libevent).
  *
  * Limits enforced by evhttp itself: max_body (413), max_header (400 or
- * 431-ish close), timeout (idle connections). max_inflight answers 503.
+ * 431-ish close), timeout (idle connections; stream_timeout once a streamed
+ * reply has started). max_inflight answers 503.
  * When a client goes away, evhttp frees the connection: the close callback
  * cancels the handler's task, and later replies to it are dropped.
  *
@@ -47,6 +48,7 @@ typedef struct sb_server {
     int self_ref;               /* pins the server object while open */
     int port;
     long inflight, max_inflight;
+    int stream_timeout;         /* idle limit once a streamed reply started */
     int held;                   /* holds the runtime alive */
 } sb_server;
 
@@ -289,6 +291,10 @@ static int l_start(lua_State *L)
     add_headers(L, 3, q->r);
     evhttp_send_reply_start(q->r, status, NULL);
     q->streaming = 1;
+    /* The idle timeout is for requests; a stream may pause far longer
+     * between events (a model thinking). */
+    if (q->conn && q->srv)
+        evhttp_connection_set_timeout(q->conn, q->srv->stream_timeout);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -362,6 +368,7 @@ static int l_listen(lua_State *L)
     double max_header = num_field(L, "max_header", 16 << 10);
     int timeout = (int)num_field(L, "timeout", 60);
     long max_inflight = (long)num_field(L, "max_inflight", 10000);
+    int stream_timeout = (int)num_field(L, "stream_timeout", 600);
     lua_getfield(L, 1, "dispatch");
     luaL_checktype(L, -1, LUA_TFUNCTION);
 
@@ -372,6 +379,7 @@ static int l_listen(lua_State *L)
     lua_setmetatable(L, -2);
     s->rt = rt;
     s->max_inflight = max_inflight;
+    s->stream_timeout = stream_timeout > 0 ? stream_timeout : 600;
     s->http = evhttp_new(rt->base);
     if (s->http == NULL)
         return sb_fail(L, "io", "server: cannot create the HTTP server");

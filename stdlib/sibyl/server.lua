@@ -16,7 +16,8 @@
 -- response {status=, headers=, body=} (body may be a table: JSON), or nil
 -- (204). Errors raised by a handler become 500 with a short JSON message
 -- (the traceback goes to the log). Limits: max_body (1 MiB, 413 beyond),
--- max_header (16 KiB), timeout (60 s idle), max_inflight (10,000; 503 beyond).
+-- max_header (16 KiB), timeout (60 s idle), stream_timeout (600 s between
+-- writes of a streamed reply), max_inflight (10,000; 503 beyond).
 
 local core = require "sibyl.server.core"
 local json = require "sibyl.json"
@@ -338,7 +339,8 @@ function _M.listen(opts)
 
     local srv, err = core.listen{
         host = opts.host, port = opts.port, max_body = opts.max_body, max_header = opts.max_header,
-        timeout = opts.timeout, max_inflight = opts.max_inflight, dispatch = dispatch,
+        timeout = opts.timeout, stream_timeout = opts.stream_timeout, max_inflight = opts.max_inflight,
+        dispatch = dispatch,
     }
     if not srv then
         return nil, err

@@ -483,6 +483,27 @@ describe("sibyl.server", function()
 
     describe("limits", function()
 
+        it("a streamed reply may pause longer than the idle timeout, up to stream_timeout", function()
+            local function stream(opts)
+                opts.routes = { ["GET /s"] = function(req, res)
+                    res:sse("one"); sibyl.sleep(1.3); res:sse("two")
+                end }
+                opts.port = 0
+                local srv = assert(server.listen(opts))   -- closed here: finally keeps one callback
+                local s = assert(http.sse{ url = "http://127.0.0.1:" .. srv.port .. "/s" })
+                local got = {}
+                for ev in s:events() do got[#got + 1] = ev.data end
+                srv:close()
+                return table.concat(got, ","), s.error
+            end
+            local got, err = stream{ timeout = 1 }
+            assert.are.equal("one,two", got)
+            assert.is_nil(err)
+            got, err = stream{ timeout = 1, stream_timeout = 1 }
+            assert.are.equal("one", got)
+            assert.are.equal("connect", err.kind)
+        end)
+
         it("a 10 MB body against max_body = 1 MiB is 413, and the server keeps serving", function()
             local _, base = serve{ max_body = 1024 * 1024, routes = {
                 ["POST /upload"] = function(req) return tostring(#req.body) end,
