@@ -3,6 +3,7 @@
  * the C half of `sibyl.http` (stdlib/sibyl/http.lua is the policy half).
  *
  *   core.request(o)  -> status, headers, body, url | nil, err  one park per request
+ *                      (url: the final URL, only when redirects were followed)
  *                      (headers: one string of "name\0value\0" pairs)
  *   core.open(o)     -> transfer                             streaming
  *       t:headers()  -> status, headers, url | nil, err
@@ -559,11 +560,14 @@ static void push_headers(lua_State *L, xfer *x)
     lua_pushlstring(L, x->hdr ? x->hdr : "", x->hlen);
 }
 
-/* Push the URL the response came from (after redirects), or nil. */
+/* Push the URL the response came from when redirects were followed, else
+ * nil (the caller knows the URL it asked for: no string per request). */
 static void push_effective_url(lua_State *L, xfer *x)
 {
     const char *url = NULL;
-    if (x->easy)
+    long redirects = 0;
+    if (x->easy && curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects) == CURLE_OK &&
+        redirects > 0)
         curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
     if (url)
         lua_pushstring(L, url);
