@@ -12,7 +12,7 @@ CMAKE_ARGS ?=
 # (the last line: the peers and load tools of `make bench`; Node for the
 # openai-client peer is used when present).
 DEB_PACKAGES = build-essential cmake pkg-config \
-	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev libcurl4-openssl-dev \
+	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev \
 	libreadline-dev lua-busted \
 	hyperfine python3 python3-aiohttp nginx-light wrk curl time
 

@@ -1,4 +1,7 @@
--- sibyl.http -- the HTTP client: libcurl multi on the event loop.
+-- sibyl.http -- the HTTP client on the event loop: plain http:// over a
+-- keep-alive HTTP/1.1 engine (http_h1.c), everything else through libcurl
+-- (http_curl.c). This file holds the policy both share: options, JSON
+-- bodies, redirects, responses, SSE.
 --
 --   local http = require "sibyl.http"
 --   local res, err = http.get("http://127.0.0.1:8080/v1/models")
@@ -20,7 +23,8 @@ local sibyl = require "sibyl"
 local type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall =
     type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall
 local concat, sort = table.concat, table.sort
-local lower, format, find, gmatch = string.lower, string.format, string.find, string.gmatch
+local lower, format, find, gmatch, match, sub = string.lower, string.format, string.find,
+    string.gmatch, string.match, string.sub
 local escape = core.escape
 
 local _M = { _VERSION = "0.1.0" }
@@ -33,7 +37,8 @@ _M.defaults = {
     follow = true,           -- follow redirects
     max_redirects = 5,
     tls_verify = true,
-    compressed = false,      -- ask for gzip/br/zstd and decode it
+    compressed = false,      -- ask for gzip/br/zstd and decode it (libcurl)
+    engine = "auto",         -- "auto" | "h1" | "curl" (see doc/http.md)
 }
 
 
@@ -161,7 +166,69 @@ local function prepare(opts, level)
         max_redirects = opts.max_redirects or d.max_redirects,
         tls_verify = (opts.tls_verify == nil) and d.tls_verify or opts.tls_verify,
         compressed = (opts.compressed == nil) and d.compressed or opts.compressed,
+        engine = opts.engine or d.engine,
     }
+end
+
+
+-- ------------------------------------------------------------ redirects
+
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- Headers that carry credentials: not sent on to another host.
+local CREDENTIALS = { authorization = true, cookie = true, ["proxy-authorization"] = true,
+                      ["x-api-key"] = true, ["api-key"] = true }
+
+local function origin(url)
+    return lower(match(url, "^(%a[%w+.-]*://[^/?#]*)") or "")
+end
+
+-- Resolve a Location header against the URL it answered (RFC 3986 5.2,
+-- without dot-segment removal).
+local function resolve(base, loc)
+    if find(loc, "^%a[%w+.-]*:") then return loc end
+    local scheme, auth, path = match(base, "^(%a[%w+.-]*:)//([^/?#]*)([^?#]*)")
+    if not scheme then return loc end
+    if sub(loc, 1, 2) == "//" then return scheme .. loc end
+    if sub(loc, 1, 1) == "/" then return scheme .. "//" .. auth .. loc end
+    if sub(loc, 1, 1) == "?" then return scheme .. "//" .. auth .. path .. loc end
+    return scheme .. "//" .. auth .. (match(path, "^(.*/)") or "/") .. loc
+end
+
+-- The request to make after a redirect answer, false when the answer is
+-- final, or nil, err. `n` counts redirects followed so far.
+local function next_hop(c, status, flat, n)
+    if not c.follow or not REDIRECT[status] then return false end
+    local loc = match("\0" .. flat, "%zlocation%z([^%z]*)")
+    if not loc or loc == "" then return false end
+    if n >= c.max_redirects then
+        return nil, sibyl.error("http", format("%s: too many redirects (more than %d); raise "
+            .. "opts.max_redirects or set follow = false", c.url, c.max_redirects))
+    end
+    local url = resolve(c.url, loc)
+    if not find(lower(url), "^https?://") then
+        return nil, sibyl.error("url", format("%s: redirect to %s, which is not http or https", c.url, url))
+    end
+    local nc = {}
+    for k, v in pairs(c) do nc[k] = v end
+    nc.url = url
+    local drop_body = status == 303 and c.method ~= "HEAD" or (status <= 302 and c.method == "POST")
+    if drop_body then
+        nc.method = c.method == "HEAD" and "HEAD" or "GET"
+        nc.body = nil
+    end
+    local cross = origin(url) ~= origin(c.url)
+    if cross or drop_body then
+        local hdrs = {}
+        for _, line in ipairs(c.headers) do
+            local name = lower(match(line, "^([^:]*)"))
+            if not (cross and CREDENTIALS[name]) and not (drop_body and name == "content-type") then
+                hdrs[#hdrs + 1] = line
+            end
+        end
+        nc.headers = hdrs
+    end
+    return nc
 end
 
 
@@ -179,15 +246,27 @@ local function check_status(res, opts)
 end
 
 
--- Start a streamed transfer and wait for its headers: t, res or nil, err.
+-- Start a streamed transfer and wait for its headers, following
+-- redirects: t, res or nil, err.
 local function open_stream(c)
-    local t = core.open(c)
-    local status, flat, url = t:headers()
-    if not status then
+    for n = 0, math.huge do
+        local t = core.open(c)
+        local status, flat = t:headers()
+        if not status then
+            t:close()
+            return nil, flat
+        end
+        local nc, err = next_hop(c, status, flat, n)
+        if not nc then
+            if err then
+                t:close()
+                return nil, err
+            end
+            return t, make_response(c.url, status, flat, nil)
+        end
         t:close()
-        return nil, flat
+        c = nc
     end
-    return t, make_response(url or c.url, status, flat, nil)
 end
 
 
@@ -225,11 +304,18 @@ function _M.request(opts)
     if opts.stream then
         return stream_request(c, opts)
     end
-    local status, flat, body, url = core.request(c)
-    if not status then
-        return nil, flat
+    for n = 0, math.huge do
+        local status, flat, body = core.request(c)
+        if not status then
+            return nil, flat
+        end
+        local nc, err = next_hop(c, status, flat, n)
+        if not nc then
+            if err then return nil, err end
+            return check_status(make_response(c.url, status, flat, body), opts)
+        end
+        c = nc
     end
-    return check_status(make_response(url or c.url, status, flat, body), opts)
 end
 
 
@@ -339,8 +425,15 @@ function _M.sse(opts)
 end
 
 
---- Set client-wide limits: {max_connections=1024, max_host_connections=256}.
--- Requests beyond them wait inside the client. Returns the limits in force.
+--- The engine "auto" picks for url: "h1" or "curl".
+function _M.engine(url, compressed)
+    return core.engine(url, compressed)
+end
+
+
+--- Set client-wide limits: {max_connections=1024, max_host_connections=256,
+-- engine="auto"|"curl"}. Requests beyond the limits wait inside the client.
+-- Returns the settings in force.
 function _M.configure(opts)
     return core.configure(opts)
 end
