@@ -50,6 +50,7 @@ struct sb_task {
     sb_task *unobs_next, *unobs_prev;
     sb_op *op;                  /* parked on, or completed and not delivered */
     double deadline;            /* absolute sb_now(); 0 = none */
+    int ctx_ref;                /* sibyl.context() value, inherited by spawned tasks */
     struct event *deadline_ev;  /* created on first use */
     sb_link *waiters;
     sb_task_done_fn on_done;

@@ -277,7 +277,7 @@ static sb_task *task_new(lua_State *L, sibyl_rt *rt)
     lua_setmetatable(L, -2);
     t->rt = rt;
     t->id = ++rt->next_task_id;
-    t->co_ref = t->self_ref = LUA_NOREF;
+    t->co_ref = t->self_ref = t->ctx_ref = LUA_NOREF;
     return t;
 }
 
@@ -298,8 +298,13 @@ sb_task *sb_spawn(lua_State *L, int nargs)
     lua_pop(L, 1);                /* task fn args... */
     lua_xmove(L, co, nargs + 1);  /* task */
     t->nargs = nargs;
-    if (rt->current)
+    if (rt->current) {
         t->deadline = rt->current->deadline;
+        if (rt->current->ctx_ref != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, rt->current->ctx_ref);
+            t->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+    }
     rt->ntasks++;
     ready_push(rt, t);
     return t;
@@ -421,6 +426,8 @@ static void task_finish(sb_task *t, int result)
     t->result = result;
     if (t->deadline_ev)
         event_del(t->deadline_ev);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ctx_ref);
+    t->ctx_ref = LUA_NOREF;
     if (result == R_CANCELLED) {
         t->observed = 1;  /* the canceller knows */
         lua_settop(t->co, 0);
@@ -621,5 +628,7 @@ int sb_task_gc(lua_State *L)
     }
     luaL_unref(L, LUA_REGISTRYINDEX, t->co_ref);
     t->co_ref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ctx_ref);
+    t->ctx_ref = LUA_NOREF;
     return 0;
 }

@@ -19,8 +19,10 @@ local error, pcall, select, type = error, pcall, select, type
 
 local marker = sibyl._marker
 local set_deadline = sibyl._set_deadline
+local set_context = sibyl._set_context
 sibyl._marker = nil
 sibyl._set_deadline = nil
+sibyl._set_context = nil
 
 
 local forward
@@ -77,4 +79,26 @@ function sibyl.deadline(secs, fn, ...)
     end
     local prev = set_deadline(secs)
     return close_scope(prev, pcall(fn, ...))
+end
+
+
+local function close_context(prev, ok, ...)
+    set_context(prev)
+    if not ok then
+        error((...), 0)
+    end
+    return ...
+end
+
+
+--- Run fn(...) with `value` as the task's context: sibyl.context() returns
+-- it inside fn and in every task spawned from there (they inherit it).
+-- Libraries use it for per-task-tree state (sibyl.llm's usage meters).
+-- Returns fn's results; errors pass through; the previous value comes back.
+function sibyl.with_context(value, fn, ...)
+    if type(fn) ~= "function" then
+        error("bad argument #2 to 'with_context' (function expected)", 2)
+    end
+    local prev = set_context(value)
+    return close_context(prev, pcall(fn, ...))
 end

@@ -327,6 +327,38 @@ static int l_set_deadline(lua_State *L)
     return 1;
 }
 
+/* task context: one value per task, inherited by the tasks it spawns
+ * (sched.lua scopes it: sibyl.context / sibyl.with_context). */
+static int l_context(lua_State *L)
+{
+    sb_task *t = sb_rt(L)->current;
+    if (t == NULL || t->ctx_ref == LUA_NOREF)
+        lua_pushnil(L);
+    else
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+    return 1;
+}
+
+/* _set_context(v) -> previous value (nil clears). */
+static int l_set_context(lua_State *L)
+{
+    sb_task *t = sb_rt(L)->current;
+    if (t == NULL)
+        return luaL_error(L, "sibyl.with_context must be called from inside a task");
+    lua_settop(L, 1);
+    if (t->ctx_ref != LUA_NOREF)
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ctx_ref);
+    else
+        lua_pushnil(L);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ctx_ref);
+    t->ctx_ref = LUA_NOREF;
+    if (!lua_isnil(L, 1)) {
+        lua_pushvalue(L, 1);
+        t->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 1;
+}
+
 static int l_get_deadline(lua_State *L)
 {
     double d = sb_deadline(L);
@@ -401,6 +433,8 @@ static const luaL_Reg core_funcs[] = {
     {"is_error", l_is_error},
     {"stats", l_stats},
     {"_set_deadline", l_set_deadline},
+    {"context", l_context},
+    {"_set_context", l_set_context},
     {"time_left", l_get_deadline},
     {NULL, NULL}
 };

@@ -370,6 +370,42 @@ describe("errors", function()
     end)
 end)
 
+describe("task context", function()
+
+    it("is nil by default and scoped by with_context, errors included", function()
+        assert.is_nil(sibyl.context())
+        local ctx = { name = "outer", n = 5 }
+        assert.are.equal(7, sibyl.with_context(ctx, function(a) return a + sibyl.context().n end, 2))
+        local ok, err = pcall(sibyl.with_context, ctx, function() error("boom", 0) end)
+        assert.is_false(ok)
+        assert.are.equal("boom", err)
+        assert.is_nil(sibyl.context())              -- restored after the error
+        sibyl.with_context(ctx, function()
+            sibyl.with_context({ name = "inner" }, function()
+                assert.are.equal("inner", sibyl.context().name)
+            end)
+            assert.are.equal("outer", sibyl.context().name)
+        end)
+    end)
+
+    it("is inherited by spawned tasks, also after the scope closes", function()
+        local ctx = { hits = 0 }
+        local child
+        sibyl.with_context(ctx, function()
+            child = sibyl.spawn(function()
+                sibyl.sleep(0.02)                   -- the parent's scope has closed by now
+                local grandchild = sibyl.spawn(function() sibyl.context().hits = sibyl.context().hits + 1 end)
+                grandchild:wait()
+                return sibyl.context()
+            end)
+        end)
+        assert.is_nil(sibyl.context())
+        assert.are.equal(ctx, child:wait())
+        assert.are.equal(1, ctx.hits)
+        assert.is_nil(sibyl.spawn(function() return sibyl.context() end):wait())
+    end)
+end)
+
 describe("scale", function()
 
     it("runs 100,000 concurrent tasks each sleeping 0.1 s in well under 2 s", function()
