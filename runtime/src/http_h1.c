@@ -1,10 +1,13 @@
 /*
  * http_h1.c -- the plain-http engine of sibyl.http (sb_http.h): HTTP/1.1
- * over keep-alive connections on libevent bufferevents, responses parsed by
+ * over keep-alive connections on libevent events, responses parsed by
  * http-parser (nodejs/http-parser, Debian's libhttp-parser). This is the
  * fast path for local inference servers (Ollama, vLLM, llama.cpp), fixture
- * servers and LAN services: one write and one read per request on a warm
- * connection, no per-request allocations beyond the transfer itself.
+ * servers and LAN services. On a warm connection a request costs two
+ * system calls: one sendmsg straight from attach() (EV_WRITE is armed only
+ * when the socket does not take everything) and one recv into a shared
+ * buffer fed to the parser; the read event stays registered for the
+ * connection's life, so the epoll set does not change per request.
  *
  * Connections are pooled per host:port. A transfer takes an idle connection
  * of its pool, or opens one while the per-host and global limits allow
@@ -35,9 +38,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <http_parser.h>
@@ -47,6 +50,7 @@
 #define H1_IDLE_MAX_AGE 118.0       /* seconds an idle connection is kept */
 #define H1_DNS_TTL 60.0             /* seconds a resolved name is cached */
 #define H1_MAX_ADDRS 8
+#define RETRIABLE(e) ((e) == EAGAIN || (e) == EWOULDBLOCK || (e) == EINTR)
 
 typedef struct h1_state h1_state;
 typedef struct h1_pool h1_pool;
@@ -58,6 +62,7 @@ struct h1_state {
     sb_http *h;
     h1_pool *pools;
     long nconns;                    /* open connections, all pools */
+    char rbuf[65536];               /* every read lands here, then the parser */
 };
 
 struct h1_pool {
@@ -77,7 +82,11 @@ struct h1_pool {
 
 struct h1_conn {
     h1_pool *pool;
-    struct bufferevent *bev;
+    evutil_socket_t fd;             /* -1 when closed */
+    struct event rev, wev;          /* reads (persistent); connect and blocked writes */
+    struct evbuffer *out;           /* bytes the socket has not taken yet */
+    char *held;                     /* received but not parsed: a paused stream */
+    size_t held_len;
     http_parser parser;
     h1_req *rq;                     /* the transfer it serves; NULL when idle */
     h1_conn *next_idle;
@@ -112,7 +121,7 @@ struct h1_resolve {
 static void dispatch(h1_req *rq);
 static void conn_close(h1_conn *c);
 static void conn_free(h1_conn *c);
-static int conn_read(h1_conn *c);
+static int conn_input(h1_conn *c, const char *data, size_t len);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -284,7 +293,64 @@ static int can_open(h1_pool *p)
     return limit_ok(st->nconns, st->h->max_connections) || evict_idle(st);
 }
 
-/* Hand the request to connection c and queue its bytes. */
+/* Release c's socket, its events and buffered bytes. */
+static void conn_shut(h1_conn *c)
+{
+    if (c->fd >= 0) {
+        event_del(&c->rev);
+        event_del(&c->wev);
+        evutil_closesocket(c->fd);
+        c->fd = -1;
+    }
+    if (c->out) {
+        evbuffer_free(c->out);
+        c->out = NULL;
+    }
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+}
+
+/* Send the queued bytes without SIGPIPE. 0 (all sent, or EV_WRITE armed
+ * for the rest) or -1 with errno set. */
+static int conn_flush(h1_conn *c)
+{
+    while (c->out && evbuffer_get_length(c->out) > 0) {
+        struct evbuffer_iovec v[16];
+        int nv = evbuffer_peek(c->out, -1, NULL, v, 16);
+        if (nv > 16)
+            nv = 16;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = (struct iovec *)v;            /* same layout as struct iovec */
+        msg.msg_iovlen = (size_t)nv;
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (RETRIABLE(errno)) {
+                event_add(&c->wev, NULL);
+                return 0;
+            }
+            return -1;
+        }
+        evbuffer_drain(c->out, (size_t)n);
+    }
+    return 0;
+}
+
+/* Queue bytes behind what the socket has not taken yet. */
+static int conn_queue(h1_conn *c, const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (c->out == NULL && (c->out = evbuffer_new()) == NULL)
+        return -1;
+    return evbuffer_add(c->out, s, len);
+}
+
+static void conn_write_failed(h1_conn *c, int err);
+
+/* Hand the request to connection c and send it: straight to the socket when
+ * it is connected and idle (one sendmsg, no EV_WRITE round), else queued. */
 static void attach(h1_conn *c, h1_req *rq)
 {
     c->rq = rq;
@@ -294,12 +360,35 @@ static void attach(h1_conn *c, h1_req *rq)
     c->last_value = 0;
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (evbuffer_add(out, rq->head, rq->head_len) != 0 ||
-        (rq->body_len && evbuffer_add(out, rq->body, rq->body_len) != 0)) {
+    size_t skip = 0;
+    if (!c->connecting && (c->out == NULL || evbuffer_get_length(c->out) == 0)) {
+        struct iovec iov[2] = {{rq->head, rq->head_len}, {(void *)rq->body, rq->body_len}};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = rq->body_len ? 2 : 1;
+        ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        if (n < 0 && !RETRIABLE(errno)) {
+            conn_write_failed(c, errno);
+            return;
+        }
+        skip = n < 0 ? 0 : (size_t)n;
+        if (skip == rq->head_len + rq->body_len)
+            return;
+    }
+    int rc;
+    if (skip < rq->head_len)
+        rc = conn_queue(c, rq->head + skip, rq->head_len - skip) ||
+             conn_queue(c, rq->body, rq->body_len);
+    else
+        rc = conn_queue(c, rq->body + (skip - rq->head_len), rq->body_len - (skip - rq->head_len));
+    if (rc != 0) {
         rq_fail(rq, "http", "out of memory queueing the request");
         conn_close(c);
+        return;
     }
+    if (!c->connecting)
+        event_add(&c->wev, NULL);
 }
 
 static void detach(h1_conn *c)
@@ -331,8 +420,7 @@ static void conn_free(h1_conn *c)
     if (c->rq == NULL)
         pool_drop_idle(p, c);
     detach(c);
-    if (c->bev)
-        bufferevent_free(c->bev);
+    conn_shut(c);
     p->nconns--;
     p->st->nconns--;
     free(c);
@@ -350,7 +438,7 @@ static void conn_close(h1_conn *c)
 static void conn_done(h1_conn *c)
 {
     h1_req *rq = c->rq;
-    int keep = c->keep_alive && !c->eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+    int keep = c->keep_alive && !c->eof && (c->out == NULL || evbuffer_get_length(c->out) == 0);
     if (rq->timer_on) {
         event_del(&rq->timer);
         rq->timer_on = 0;
@@ -373,105 +461,63 @@ static void conn_done(h1_conn *c)
     }
 }
 
-/* Parse what arrived. Returns 1 when c no longer serves its transfer (the
- * response completed, or c failed and is gone), else 0. */
-static int conn_read(h1_conn *c)
+/* Parse bytes that arrived. Returns 1 when c no longer serves its transfer
+ * (the response completed, or c failed and is gone), else 0. */
+static int conn_input(h1_conn *c, const char *data, size_t len)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
     h1_req *rq = c->rq;
     if (rq == NULL) {                       /* bytes on an idle connection */
-        if (evbuffer_get_length(in) > 0)
-            conn_close(c);
+        conn_close(c);
         return 1;
     }
     sb_xfer *x = rq->x;
-    while (!c->complete && !x->paused && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        c->got_bytes = 1;
-        size_t n = http_parser_execute(&c->parser, &parser_settings, v.iov_base, v.iov_len);
-        evbuffer_drain(in, n);
-        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
-        if (e != HPE_OK && e != HPE_PAUSED) {
-            if (!x->done)
-                rq_fail(rq, "http", "malformed response from %s:%d: %s", c->pool->host,
-                        c->pool->port, http_errno_description(e));
-            else if (rq->timer_on) {
-                event_del(&rq->timer);
-                rq->timer_on = 0;
-            }
-            conn_close(c);
-            return 1;
+    c->got_bytes = 1;
+    size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+    if (e != HPE_OK && e != HPE_PAUSED) {
+        if (!x->done)
+            rq_fail(rq, "http", "malformed response from %s:%d: %s", c->pool->host,
+                    c->pool->port, http_errno_description(e));
+        else if (rq->timer_on) {
+            event_del(&rq->timer);
+            rq->timer_on = 0;
         }
+        conn_close(c);
+        return 1;
     }
     if (c->complete) {
+        if (n < len)
+            c->eof = 1;                     /* bytes after the response: do not reuse */
         conn_done(c);
         return 1;
     }
-    if (x->paused)
-        bufferevent_disable(c->bev, EV_READ);
+    if (x->paused) {                        /* back-pressure: keep the rest, stop reading */
+        if (n < len) {
+            c->held = malloc(len - n);
+            if (c->held == NULL) {
+                rq_fail(rq, "http", "out of memory holding a paused stream");
+                conn_close(c);
+                return 1;
+            }
+            memcpy(c->held, data + n, len - n);
+            c->held_len = len - n;
+        }
+        event_del(&c->rev);
+    }
     return 0;
 }
 
-static void read_cb(struct bufferevent *bev, void *arg)
+/* The server closed the connection (err 0) or it failed (errno). */
+static void conn_broken(h1_conn *c, int err)
 {
-    SB_UNUSED(bev);
-    conn_read(arg);
-}
-
-static int conn_connect(h1_conn *c);
-
-static void event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    h1_conn *c = arg;
     h1_pool *p = c->pool;
     h1_req *rq = c->rq;
-    int err = EVUTIL_SOCKET_ERROR();
-    if (what & BEV_EVENT_CONNECTED) {
-        c->connecting = 0;
-        bufferevent_set_timeouts(bev, NULL, NULL);
-        int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        return;
-    }
-    if (c->connecting) {
-        if (rq && (what & BEV_EVENT_TIMEOUT)) {
-            rq_fail(rq, "timeout", "connecting to %s:%d timed out after %g s (opts.connect_timeout)",
-                    p->host, p->port, rq->connect_timeout);
-        } else if (rq && c->addr + 1 < p->naddrs) {
-            c->addr++;                      /* try the host's next address */
-            if (conn_connect(c) == 0) {
-                attach(c, rq);
-                return;
-            }
-            rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(errno));
-        } else if (rq) {
-            rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port,
-                    evutil_socket_error_to_string(err));
-        }
-        conn_close(c);
-        return;
-    }
     if (rq == NULL) {                       /* the server closed an idle connection */
         conn_close(c);
         return;
     }
-    if ((what & BEV_EVENT_WRITING) && (what & BEV_EVENT_ERROR) && !c->eof) {
-        /* The server stopped reading (a 413 before the whole body, say):
-         * stop writing and read its answer, as libcurl does. */
-        c->eof = 1;                         /* the connection is not reusable */
-        bufferevent_disable(bev, EV_WRITE);
-        struct evbuffer *out = bufferevent_get_output(bev);
-        evbuffer_drain(out, evbuffer_get_length(out));
-        conn_read(c);
-        return;
-    }
-    if (what & BEV_EVENT_EOF)
-        c->eof = 1;
-    if ((what & BEV_EVENT_EOF) && !c->complete && !rq->x->paused) {
-        if (conn_read(c))                   /* bytes that came with the FIN */
-            return;                         /* it completed, or failed and closed c */
+    c->eof = 1;
+    if (err == 0 && !c->complete) {
         http_parser_execute(&c->parser, &parser_settings, NULL, 0);   /* EOF ends close-delimited bodies */
         if (c->complete) {
             conn_done(c);
@@ -486,47 +532,111 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         dispatch(rq);
         return;
     }
-    if (what & BEV_EVENT_EOF)
+    if (err == 0)
         rq_fail(rq, "connect", "%s:%d closed the connection before the response ended (%s)",
                 p->host, p->port, rq->x->headers_done ? "mid-body" : "no complete response");
     else
-        rq_fail(rq, "connect", "connection to %s:%d failed: %s", p->host, p->port,
-                evutil_socket_error_to_string(err));
+        rq_fail(rq, "connect", "connection to %s:%d failed: %s", p->host, p->port, strerror(err));
     conn_close(c);
 }
 
-/* (Re)connect c to its pool's address c->addr. 0, or -1 with errno set. */
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn *c = arg;
+    SB_UNUSED(what);
+    char *buf = c->pool->st->rbuf;
+    ssize_t n = recv(fd, buf, sizeof c->pool->st->rbuf, 0);
+    if (n > 0)
+        conn_input(c, buf, (size_t)n);
+    else if (n == 0 || !RETRIABLE(errno))
+        conn_broken(c, n == 0 ? 0 : errno);
+}
+
+/* The server stopped reading (a 413 before the whole body, say): stop
+ * writing and read its answer, as libcurl does. */
+static void conn_write_failed(h1_conn *c, int err)
+{
+    SB_UNUSED(err);
+    c->eof = 1;                             /* the connection is not reusable */
+    event_del(&c->wev);
+    if (c->out)
+        evbuffer_drain(c->out, evbuffer_get_length(c->out));
+}
+
+static int conn_connect(h1_conn *c);
+
+/* Connected (or not) to the address c->addr; try the next on failure. */
+static void connect_done(h1_conn *c, short what)
+{
+    h1_pool *p = c->pool;
+    h1_req *rq = c->rq;
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (what & EV_TIMEOUT) {
+        rq_fail(rq, "timeout", "connecting to %s:%d timed out after %g s (opts.connect_timeout)",
+                p->host, p->port, rq->connect_timeout);
+        conn_close(c);
+        return;
+    }
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
+        err = errno;
+    if (err == 0) {
+        c->connecting = 0;
+        event_add(&c->rev, NULL);
+        if (conn_flush(c) != 0)
+            conn_write_failed(c, errno);
+        return;
+    }
+    while (++c->addr < p->naddrs) {        /* the host's next address */
+        if (conn_connect(c) == 0) {
+            attach(c, rq);
+            return;
+        }
+        err = errno;
+    }
+    rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(err));
+    conn_close(c);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn *c = arg;
+    SB_UNUSED(fd);
+    if (c->connecting) {
+        connect_done(c, what);
+        return;
+    }
+    if (conn_flush(c) != 0)
+        conn_write_failed(c, errno);
+}
+
+/* (Re)connect c to its pool's address c->addr; the request must be
+ * attached again afterwards. 0, or -1 with errno set. */
 static int conn_connect(h1_conn *c)
 {
     h1_pool *p = c->pool;
     h1_req *rq = c->rq;
-    if (c->bev)
-        bufferevent_free(c->bev);
-    c->bev = bufferevent_socket_new(p->st->h->rt->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) {
-        errno = ENOMEM;
+    conn_shut(c);
+    const struct sockaddr *sa = (const struct sockaddr *)&p->addrs[c->addr];
+    evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, sa, p->addrlens[c->addr]) != 0 && errno != EINPROGRESS) {
+        int e = errno;
+        evutil_closesocket(fd);
+        errno = e;
         return -1;
     }
-    bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    double ct = rq ? rq->connect_timeout : 10;
-    if (ct > 0) {
-        struct timeval tv = {(time_t)ct, (suseconds_t)((ct - (double)(time_t)ct) * 1e6)};
-        bufferevent_set_timeouts(c->bev, NULL, &tv);   /* connecting waits on write */
-    }
+    struct event_base *base = p->st->h->rt->base;
+    c->fd = fd;
+    event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, read_cb, c);
+    event_assign(&c->wev, base, fd, EV_WRITE, write_cb, c);
     c->connecting = 1;
-    c->rq = NULL;                       /* attach() sets it again */
-    if (rq)
-        rq->conn = NULL;
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&p->addrs[c->addr],
-                                   (int)p->addrlens[c->addr]) != 0) {
-        if (errno == 0)
-            errno = ECONNREFUSED;
-        c->rq = rq;
-        if (rq)
-            rq->conn = c;
-        return -1;
-    }
+    double ct = rq ? rq->connect_timeout : 10;
+    struct timeval tv = {(time_t)ct, (suseconds_t)((ct - (double)(time_t)ct) * 1e6)};
+    event_add(&c->wev, ct > 0 ? &tv : NULL);   /* writable = connected */
     return 0;
 }
 
@@ -538,16 +648,21 @@ static void conn_open(h1_pool *p, h1_req *rq)
         return;
     }
     c->pool = p;
+    c->fd = -1;
     p->nconns++;
     p->st->nconns++;
     c->rq = rq;
     rq->conn = c;
-    if (conn_connect(c) != 0) {
-        rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(errno));
-        conn_free(c);                   /* not conn_close: no recursion through waiters */
-        return;
+    int err = 0;
+    for (; c->addr < p->naddrs; c->addr++) {
+        if (conn_connect(c) == 0) {
+            attach(c, rq);
+            return;
+        }
+        err = errno;
     }
-    attach(c, rq);
+    rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(err));
+    conn_free(c);                   /* not conn_close: no recursion through waiters */
 }
 
 /* ------------------------------------------------------------ lookups */
@@ -891,8 +1006,14 @@ static void h1_resume(sb_xfer *x)
         return;
     h1_conn *c = rq->conn;
     http_parser_pause(&c->parser, 0);
-    bufferevent_enable(c->bev, EV_READ);
-    conn_read(c);
+    char *held = c->held;
+    size_t len = c->held_len;
+    c->held = NULL;
+    c->held_len = 0;
+    int gone = held ? conn_input(c, held, len) : 0;
+    free(held);
+    if (!gone && !x->paused)
+        event_add(&c->rev, NULL);
 }
 
 void sb_http_h1_configure(sb_http *h)
@@ -926,7 +1047,7 @@ void sb_http_h1_free(sb_http *h)
         while (p->idle) {
             h1_conn *c = p->idle;
             p->idle = c->next_idle;
-            bufferevent_free(c->bev);
+            conn_shut(c);
             free(c);
         }
         free(p->host);
