@@ -240,7 +240,7 @@ static int opt_bool(lua_State *L, int t, const char *k, int def)
 }
 
 /* A proxy in the environment sends plain http through libcurl, which knows
- * proxies and no_proxy. Read once per runtime: processes set these early. */
+ * proxies and no_proxy. Read on every request (three getenv calls). */
 static int env_proxy(void)
 {
     static const char *vars[] = {"http_proxy", "all_proxy", "ALL_PROXY"};

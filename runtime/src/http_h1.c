@@ -438,7 +438,10 @@ static void conn_close(h1_conn *c)
 static void conn_done(h1_conn *c)
 {
     h1_req *rq = c->rq;
-    int keep = c->keep_alive && !c->eof && (c->out == NULL || evbuffer_get_length(c->out) == 0);
+    h1_state *st = c->pool->st;
+    int keep = c->keep_alive && !c->eof && (c->out == NULL || evbuffer_get_length(c->out) == 0) &&
+               limit_ok(c->pool->nconns - 1, st->h->max_host_connections) &&
+               limit_ok(st->nconns - 1, st->h->max_connections);     /* limits lowered meanwhile */
     if (rq->timer_on) {
         event_del(&rq->timer);
         rq->timer_on = 0;
@@ -572,13 +575,9 @@ static void connect_done(h1_conn *c, short what)
     h1_req *rq = c->rq;
     int err = 0;
     socklen_t elen = sizeof err;
-    if (what & EV_TIMEOUT) {
-        rq_fail(rq, "timeout", "connecting to %s:%d timed out after %g s (opts.connect_timeout)",
-                p->host, p->port, rq->connect_timeout);
-        conn_close(c);
-        return;
-    }
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
+    if (what & EV_TIMEOUT)
+        err = ETIMEDOUT;
+    else if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
         err = errno;
     if (err == 0) {
         c->connecting = 0;
@@ -594,7 +593,11 @@ static void connect_done(h1_conn *c, short what)
         }
         err = errno;
     }
-    rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(err));
+    if (err == ETIMEDOUT && (what & EV_TIMEOUT))
+        rq_fail(rq, "timeout", "connecting to %s:%d timed out after %g s (opts.connect_timeout)",
+                p->host, p->port, rq->connect_timeout);
+    else
+        rq_fail(rq, "connect", "cannot connect to %s:%d: %s", p->host, p->port, strerror(err));
     conn_close(c);
 }
 
@@ -907,6 +910,11 @@ static int h1_start(sb_xfer *x, const sb_http_req *r)
     if (strncasecmp(r->url, "http://", 7) != 0) {
         sb_xfer_fail(x, "url", "%s: the h1 engine speaks plain http:// only; use engine = \"curl\" "
                      "(or the default, \"auto\") for other schemes", r->url);
+        return -1;
+    }
+    if (r->compressed) {
+        sb_xfer_fail(x, "url", "%s: the h1 engine does not decode compressed bodies; use engine = "
+                     "\"curl\" (or the default, \"auto\") with compressed = true", r->url);
         return -1;
     }
     const char *auth = r->url + 7;

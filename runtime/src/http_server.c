@@ -369,6 +369,8 @@ static int l_listen(lua_State *L)
     int timeout = (int)num_field(L, "timeout", 60);
     long max_inflight = (long)num_field(L, "max_inflight", 10000);
     int stream_timeout = (int)num_field(L, "stream_timeout", 600);
+    int backlog = (int)num_field(L, "backlog", 1024);
+    luaL_argcheck(L, backlog > 0, 1, "backlog must be > 0");
     lua_getfield(L, 1, "dispatch");
     luaL_checktype(L, -1, LUA_TFUNCTION);
 
@@ -391,6 +393,10 @@ static int l_listen(lua_State *L)
         return sb_fail(L, "io", "server: cannot listen on %s:%d: %s (is the port in use? set port = 0 "
                                 "for a free one)", host, port, evutil_socket_error_to_string(e));
     }
+    /* evhttp listens with a backlog of 128: a burst of new connections
+     * beyond it is dropped by the kernel and retried by clients only after
+     * a second. listen() again raises it (the kernel caps it at somaxconn). */
+    listen(evhttp_bound_socket_get_fd(s->sock), backlog);
     struct sockaddr_storage ss;
     ev_socklen_t sl = sizeof ss;
     evutil_socket_t fd = evhttp_bound_socket_get_fd(s->sock);

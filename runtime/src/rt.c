@@ -167,9 +167,9 @@ static sibyl_rt *attach(lua_State *L, struct event_base *base)
         struct event_config *cfg = event_config_new();
         if (cfg) {
             /* One thread per runtime: no locking inside libevent. The epoll
-             * changelist folds the add/del pairs of a request/response turn
-             * into one epoll_ctl (a third of the syscalls of a keep-alive
-             * HTTP exchange); its caveat, dup()ed fds, does not apply to us. */
+             * changelist folds event changes made within one loop turn into
+             * one epoll_ctl per fd (evhttp's server toggles its events per
+             * request); its caveat, dup()ed fds, does not apply to us. */
             event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
             event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
             rt->base = event_base_new_with_config(cfg);

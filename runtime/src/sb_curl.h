@@ -3,7 +3,8 @@
  *
  * Linking libcurl pulls some forty shared libraries (TLS, LDAP, SSH, IDN...)
  * into every process, which alone costs ~6 ms at start-up. Sibyl therefore
- * dlopen()s libcurl.so.4 when `sibyl.http` is first required and calls it
+ * dlopen()s libcurl.so.4 on the first transfer that needs it (https, proxies,
+ * compressed bodies: http_curl.c) and calls it
  * through this table. Include this header instead of <curl/curl.h>; the
  * usual curl_* names below resolve to the loaded functions.
  */

@@ -340,6 +340,7 @@ function _M.listen(opts)
     local srv, err = core.listen{
         host = opts.host, port = opts.port, max_body = opts.max_body, max_header = opts.max_header,
         timeout = opts.timeout, stream_timeout = opts.stream_timeout, max_inflight = opts.max_inflight,
+        backlog = opts.backlog,
         dispatch = dispatch,
     }
     if not srv then

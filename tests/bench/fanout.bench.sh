@@ -2,7 +2,9 @@
 # LLM-call fan-out: N chat-completion POSTs at concurrency C, each reply
 # JSON-decoded, against the fixed-reply nginx endpoint from ../shared/bench,
 # next to Python aiohttp, the official Node openai client and wrk (the raw
-# HTTP limit), all in this run. Goal: >= 10x aiohttp's req/s, RSS < 30 MB.
+# HTTP limit), all in this run. Two Sibyl rows: sibyl.http with json decode
+# (fanout.lua; goal >= 10x aiohttp, RSS < 30 MB) and llm.chat with the full
+# normalised result (llm_fanout.lua; goal >= 40,000 calls/s and >= 10x aiohttp).
 set -euo pipefail
 N=${FANOUT_N:-20000}; C=${FANOUT_C:-256}
 PEERS=$(realpath ../shared/bench)
@@ -29,7 +31,8 @@ run() {
 }
 
 rows=()
-rows+=("$(run "Sibyl (sibyl.http, this build)" "$SIBYL" tests/bench/fanout.lua "$N" "$C")")
+rows+=("$(run "Sibyl llm.chat (sibyl.llm, this build)" "$SIBYL" tests/bench/llm_fanout.lua "$N" "$C")")
+rows+=("$(run "Sibyl http.post + json (sibyl.http, this build)" "$SIBYL" tests/bench/fanout.lua "$N" "$C")")
 rows+=("$(run "Python 3 asyncio + aiohttp" "$PY" "$PEERS/py_aiohttp.py" "$N" "$C")")
 if command -v node >/dev/null && { [ -d "$PEERS/node/node_modules/openai" ] || (cd "$PEERS/node" && npm ci --silent >/dev/null 2>&1); }; then
   rows+=("$(run "Node + official openai client" node "$PEERS/node/openai_client.mjs" "$N" "$C")")
@@ -40,8 +43,10 @@ wrk_rps=$(wrk -t2 -c"$C" -d5s -s "$PEERS/post.lua" http://127.0.0.1:18080/v1/cha
 echo "## LLM-call fan-out"
 echo
 echo "$N chat completions at concurrency $C against a fixed-reply nginx endpoint on loopback,"
-echo "every reply JSON-decoded (\`tests/bench/fanout.lua\` vs \`../shared/bench/\` peers). Each client"
-echo "ran $RUNS times, one after another, in this run; each row is that client's median run."
+echo "every reply JSON-decoded. \`llm.chat\` (\`tests/bench/llm_fanout.lua\`) decodes each reply into"
+echo "its normalised result (content, tool calls, usage), as the Node openai client does;"
+echo "\`http.post\` (\`tests/bench/fanout.lua\`) only JSON-decodes, as the aiohttp client does."
+echo "Each client ran $RUNS times, one after another, in this run; each row is that client's median run."
 echo
 echo "| client | req/s | CPU s | peak RSS MB | vs aiohttp |"
 echo "|---|---|---|---|---|"

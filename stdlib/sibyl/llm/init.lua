@@ -136,15 +136,17 @@ local HINTS = {
 }
 
 
--- A 4xx/5xx reply -> error object of the right kind.
+-- A 4xx/5xx reply -> error object of the right kind. Keys the server echoed
+-- are redacted in the body (kept as err.body) before anything is taken from
+-- it, so a 200-byte excerpt cannot cut a key in half and escape redaction.
 local function http_error(p, status, body, headers, url)
+    if p.ring and type(body) == "string" then body = p.ring:redact(body) end
     local data = type(body) == "string" and json_decode(body) or nil
     local msg, code, etype = p.dialect.error_info(data)
     if not msg or msg == "" then
         msg = body and sub(body, 1, 200) or ""
     end
     msg = tostring(msg)
-    if p.ring then msg = p.ring:redact(msg) end
     local kind = "http"
     local fields = { status = status, body = body, code = code, type = etype, provider = p.name }
     if status == 429 then
@@ -335,10 +337,10 @@ local function estimate_tokens(req)
 end
 
 
--- Is another key of the ring ready right now?
-local function other_key_ready(ring)
+-- Is a key other than `kid` (the one just used) ready right now?
+local function other_key_ready(ring, kid)
     for _, k in ipairs(ring:stats()) do
-        if k.state == "ready" then return true end
+        if k.state == "ready" and k.id ~= kid then return true end
     end
     return false
 end
@@ -402,7 +404,7 @@ function client:_call(once, req, opts)
                 return r
             end
             err.attempts = attempt
-            local rotate = ring and (err.kind == "rate_limited" or err.kind == "auth") and other_key_ready(ring)
+            local rotate = ring and (err.kind == "rate_limited" or err.kind == "auth") and other_key_ready(ring, kid)
             if err.streamed or attempt >= attempts or not (rotate or transient(err)) then
                 return nil, err
             end
@@ -456,7 +458,11 @@ local function chat_stream(self, req, key, url, body, headers)
             e.partial = d.stream_result(st)
             return nil, e
         end
-        local state, ekind, emsg, eobj = d.stream_event(st, ev, emit)
+        local ok, state, ekind, emsg, eobj = pcall(d.stream_event, st, ev, emit)
+        if not ok then                  -- the caller's callback raised: drop the transfer first
+            s:close()
+            error(state, 0)
+        end
         if state == "done" then break end
         if state == "stop" then
             stopped = true
@@ -661,6 +667,7 @@ local function structured(self, req, opts, r)
             total.total = total.input + total.output
             if nr.usage.cost then total.cost = (total.cost or 0) + nr.usage.cost end
         end
+        nr.provider = self.name
         r = nr
     end
 end
@@ -758,11 +765,11 @@ function client:embed(opts)
     local conc = opts.concurrency or _M.defaults.concurrency
     local nb = math.ceil(n / batch)
     local vectors, usage, dims, model = {}, { input = 0, output = 0, total = 0 }, nil, nil
-    local next_batch, done = 0, 0
+    local next_batch, done, failed = 0, 0, false     -- after a failure, no worker starts a batch
     local req_model = opts.model or self.embed_model
     local progress = opts.progress
     local function worker()
-        while next_batch < nb do
+        while next_batch < nb and not failed do
             next_batch = next_batch + 1
             local first = (next_batch - 1) * batch + 1
             local last = min(first + batch - 1, n)
@@ -772,11 +779,15 @@ function client:embed(opts)
                           encoding_format = opts.encoding_format or "base64",
                           timeout = opts.timeout or self.timeout or _M.defaults.timeout, messages = {} }
             local r, err = self:_call(self._embed_once, req, opts)
-            if not r then return nil, err end
+            if not r then
+                failed = true
+                return nil, err
+            end
             for i, item in ipairs(r.items) do
                 local idx = tonumber(item.index) or (i - 1)
                 local vec, len = to_vector(item.embedding)
                 if not vec then
+                    failed = true
                     return nil, mkerror("parse", format("%s: embedding %d is not a float list or base64 floats",
                                                         self.name, first + idx))
                 end
@@ -786,7 +797,7 @@ function client:embed(opts)
             usage.input = usage.input + (r.usage.input or 0)
             model = model or r.model
             done = done + (last - first + 1)
-            if progress then progress(done, n) end
+            if progress and not failed then progress(done, n) end
         end
         return true
     end
@@ -818,6 +829,8 @@ local registry                  -- { providers = {name = client}, order = {...},
 --   providers = { main = { type = "openai", base_url = ..., model = ... } },
 --   prices = { ["gpt-4o-mini"] = { input = 0.15, output = 0.6 } },
 --   retry = { attempts = 4 } }
+-- `retry` applies to every configured provider (its own `retry` wins); a new
+-- configuration replaces the previous one, prices included.
 function _M.configure(conf)
     if type(conf) == "string" then
         local err
@@ -836,6 +849,7 @@ function _M.configure(conf)
     table.sort(names)
     for _, name in ipairs(names) do
         local pc = merge(conf.providers[name], { name = name })
+        if conf.retry then pc.retry = merge(conf.retry, pc.retry) end    -- the provider's own wins
         local ok, c = pcall(_M.client, pc)
         if not ok then
             return nil, mkerror("config", format("llm.configure: provider %q: %s", name,
@@ -857,10 +871,7 @@ function _M.configure(conf)
             return nil, mkerror("config", format("llm.configure: fallback provider %q is not configured", tostring(fname)))
         end
     end
-    if conf.prices then
-        for model, p in pairs(conf.prices) do prices[model] = p end
-    end
-    if conf.retry then _M.defaults.retry = merge(_M.defaults.retry, conf.retry) end
+    prices = merge(conf.prices or {})
     registry = reg
     return true
 end
@@ -1015,9 +1026,11 @@ function _M.mock(opts)
 end
 
 
---- Forget the configuration (the next call reads the environment again).
+--- Forget the configuration and its prices (the next call reads the
+-- environment again).
 function _M.reset()
     registry = nil
+    prices = {}
 end
 
 

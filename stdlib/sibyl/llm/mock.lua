@@ -21,7 +21,7 @@ local bit = require "bit"
 local type, ipairs, pairs, tostring, setmetatable, error = type, ipairs, pairs, tostring, setmetatable, error
 local gmatch, format, byte = string.gmatch, string.format, string.byte
 local sqrt, floor = math.sqrt, math.floor
-local remove = table.remove
+local remove, concat = table.remove, table.concat
 
 local _M = {}
 
@@ -120,8 +120,9 @@ function _M.new(opts, llm)
         end
         local content = reply.content or ""
         if req.stream then
-            local stopped = false
+            local stopped, sent = false, {}
             for w in gmatch(content, "%S+%s*") do
+                sent[#sent + 1] = w
                 if req.stream({ type = "text", text = w }) == false then
                     stopped = true
                     break
@@ -134,7 +135,10 @@ function _M.new(opts, llm)
                     stopped = true
                 end
             end
-            if stopped then reply = { finish_reason = "stopped" } end
+            if stopped then
+                reply = { finish_reason = "stopped" }
+                content = concat(sent)                  -- what the caller received, as real streams do
+            end
         end
         local input = 0
         for _, m in ipairs(req.messages) do
