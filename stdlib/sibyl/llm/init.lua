@@ -146,7 +146,7 @@ local function http_error(p, status, body, headers, url)
     if not msg or msg == "" then
         msg = body and sub(body, 1, 200) or ""
     end
-    msg = tostring(msg)
+    msg = gsub(tostring(msg), "[%.%s]+$", "")
     local kind = "http"
     local fields = { status = status, body = body, code = code, type = etype, provider = p.name }
     if status == 429 then
