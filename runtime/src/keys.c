@@ -1,7 +1,9 @@
 /*
- * keys.c -- `sibyl.keys.core`: API key rotation (key rings) and
- * client-side pacing (token buckets). stdlib/sibyl/keys.lua re-exports it
- * as `sibyl.keys` and adds bucket:wait(), which sleeps on the event loop.
+ * keys.c -- `sibyl.keys.core`: API key rotation (key rings), the module
+ * table, and the option helpers both halves share (sb_keys.h). The token
+ * buckets (client-side pacing) live in bucket.c, which adds keys.bucket to
+ * the table through sb_bucket_register. stdlib/sibyl/keys.lua re-exports
+ * the module as `sibyl.keys` and adds bucket:wait().
  *
  *   local ring = core.ring{ keys = {...} | "k1,k2", strategy =, cooldown =,
  *                           auth_cooldown =, name = }
@@ -9,9 +11,7 @@
  *   ring:report(id, "ok" | "rate_limited" | "quota" | "auth" [, retry_after])
  *   ring:stats(), ring:redact(text), #ring, tostring(ring), ring:close()
  *
- *   local b = core.bucket{ rpm =, tpm =, burst_seconds = 60 }
- *   local wait, limit = b:take(tokens)       -- seconds to wait before sending
- *   b:refund(tokens [, requests]), b:stats(), b:close()
+ *   core.bucket{ rpm =, tpm =, burst_seconds = } -- see bucket.c
  *
  *   core.parse(text) -> { key, ... }, core.redact(key) -> "sk-…abcd"
  *
@@ -21,10 +21,6 @@
  *    the runtime cannot wipe it.
  *  - All times are sb_now() (monotonic seconds). State is per process; a
  *    ring shared between instances through Redis is a separate layer.
- *  - A bucket is a pair of token buckets (requests, tokens) whose level may
- *    go negative: take() always reserves, and the negative level is the
- *    queue of callers already promised a slot. The caller must honour the
- *    wait it is given, or refund what it did not send.
  *  - Misuse (bad option types, unknown options, an id out of range) raises
  *    with the caller's position; expected failures return nil, err.
  */
@@ -36,13 +32,12 @@
 #include <string.h>
 
 #include "sb.h"
+#include "sb_keys.h"
 
 #define RING_NAME "sibyl.keys.ring"
-#define BUCKET_NAME "sibyl.keys.bucket"
 
 #define DEFAULT_COOLDOWN 30.0           /* s a key rests after a 429 without retry-after */
 #define DEFAULT_AUTH_COOLDOWN 300.0     /* s a key is disabled after 401/403 (and rests after quota) */
-#define DEFAULT_BURST 60.0              /* s of budget a bucket may spend at once */
 #define DEFAULT_RING_NAME "default"
 
 /* A redacted key: up to 4 bytes of prefix, "…" (3 bytes), 4 bytes of tail, NUL. */
@@ -50,18 +45,8 @@
 
 /* ================================================================ helpers */
 
-/*
- * Raise a programmer error at the caller's position (level 1: the Lua code
- * that called the C function), like error(msg, 2) in Lua, with a full
- * printf format. Never returns.
- */
-static int keys_raise(lua_State *L, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-
-static int keys_raise(lua_State *L, const char *fmt, ...)
+/* Contract in sb_keys.h: raise at the caller's position. Never returns. */
+int sb_keys_raise(lua_State *L, const char *fmt, ...)
 {
     char buf[512];
     va_list ap;
@@ -146,43 +131,44 @@ static void push_parsed(lua_State *L, const char *s, size_t len)
 /*
  * Raise unless every key of the options table at idx is a string from
  * `known` (a NULL-terminated list): a misspelt option is a bug, not a
- * default.
+ * default. Shared with bucket.c (sb_keys.h).
  */
-static void check_options(lua_State *L, int idx, const char *what, const char *const *known,
-                          const char *list)
+void sb_keys_check_options(lua_State *L, int idx, const char *what, const char *const *known,
+                           const char *list)
 {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            keys_raise(L, "%s: option names must be strings, got a %s key (valid options: %s)",
-                       what, luaL_typename(L, -1), list);
+            sb_keys_raise(L, "%s: option names must be strings, got a %s key (valid options: %s)",
+                          what, luaL_typename(L, -1), list);
         const char *k = lua_tostring(L, -1);
         const char *const *p = known;
         while (*p && strcmp(*p, k) != 0)
             p++;
         if (*p == NULL)
-            keys_raise(L, "%s: unknown option '%s' (valid options: %s)", what, k, list);
+            sb_keys_raise(L, "%s: unknown option '%s' (valid options: %s)", what, k, list);
     }
 }
 
 /*
  * opts[field] as a finite number > min (strict) or >= min, or def when
- * nil; raises otherwise. Leaves the stack as it found it.
+ * nil; raises otherwise. Leaves the stack as it found it. Shared with
+ * bucket.c (sb_keys.h).
  */
-static double opt_number(lua_State *L, int idx, const char *what, const char *field, double def,
-                         double min, int strict)
+double sb_keys_opt_number(lua_State *L, int idx, const char *what, const char *field, double def,
+                          double min, int strict)
 {
     lua_getfield(L, idx, field);
     double v = def;
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TNUMBER)
-            keys_raise(L, "%s: opts.%s must be a number of %s, got %s", what, field,
-                       strict ? "> 0" : ">= 0", luaL_typename(L, -1));
+            sb_keys_raise(L, "%s: opts.%s must be a number of %s, got %s", what, field,
+                          strict ? "> 0" : ">= 0", luaL_typename(L, -1));
         v = lua_tonumber(L, -1);
         if (!isfinite(v) || (strict ? v <= min : v < min))
-            keys_raise(L, "%s: opts.%s must be a finite number %s %g, got %g", what, field,
-                       strict ? ">" : ">=", min, v);
+            sb_keys_raise(L, "%s: opts.%s must be a finite number %s %g, got %g", what, field,
+                          strict ? ">" : ">=", min, v);
     }
     lua_pop(L, 1);
     return v;
@@ -346,27 +332,27 @@ static void ring_fill_keys(lua_State *L, int idx, ring *r)
     for (int i = 0; i < r->n; i++) {
         lua_rawgeti(L, idx, i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            keys_raise(L, "keys.ring: opts.keys[%d] must be a string, got %s", i + 1,
-                       luaL_typename(L, -1));
+            sb_keys_raise(L, "keys.ring: opts.keys[%d] must be a string, got %s", i + 1,
+                          luaL_typename(L, -1));
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
         if (len == 0)
-            keys_raise(L, "keys.ring: opts.keys[%d] is an empty string; remove it "
-                       "(keys.parse drops empties)", i + 1);
+            sb_keys_raise(L, "keys.ring: opts.keys[%d] is an empty string; remove it "
+                          "(keys.parse drops empties)", i + 1);
         for (size_t j = 0; j < len; j++) {
             unsigned char c = (unsigned char)s[j];
             if (c <= ' ' || c == 0x7f)
-                keys_raise(L, "keys.ring: opts.keys[%d] contains whitespace or a control "
-                           "character; pass bare keys (keys.parse splits a list)", i + 1);
+                sb_keys_raise(L, "keys.ring: opts.keys[%d] contains whitespace or a control "
+                              "character; pass bare keys (keys.parse splits a list)", i + 1);
         }
         for (int j = 0; j < i; j++) {
             if (r->keys[j].len == len && memcmp(r->keys[j].s, s, len) == 0)
-                keys_raise(L, "keys.ring: opts.keys[%d] repeats opts.keys[%d]; "
-                           "list each key once", i + 1, j + 1);
+                sb_keys_raise(L, "keys.ring: opts.keys[%d] repeats opts.keys[%d]; "
+                              "list each key once", i + 1, j + 1);
         }
         r->keys[i].s = malloc(len);
         if (r->keys[i].s == NULL)
-            keys_raise(L, "keys.ring: out of memory");
+            sb_keys_raise(L, "keys.ring: out of memory");
         memcpy(r->keys[i].s, s, len);
         r->keys[i].len = len;
         r->keys[i].ready_at = -HUGE_VAL;
@@ -385,30 +371,30 @@ static int l_ring_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    check_options(L, 1, "keys.ring", ring_options, RING_OPTIONS);
+    sb_keys_check_options(L, 1, "keys.ring", ring_options, RING_OPTIONS);
 
     int strategy = STRAT_ROUND_ROBIN;
     lua_getfield(L, 1, "strategy");
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
-            keys_raise(L, "keys.ring: opts.strategy must be \"round_robin\" or "
-                       "\"least_recently_limited\", got %s", luaL_typename(L, -1));
+            sb_keys_raise(L, "keys.ring: opts.strategy must be \"round_robin\" or "
+                          "\"least_recently_limited\", got %s", luaL_typename(L, -1));
         const char *s = lua_tostring(L, -1);
         if (strcmp(s, "least_recently_limited") == 0)
             strategy = STRAT_LRL;
         else if (strcmp(s, "round_robin") != 0)
-            keys_raise(L, "keys.ring: unknown opts.strategy \"%s\" (use \"round_robin\" or "
-                       "\"least_recently_limited\")", s);
+            sb_keys_raise(L, "keys.ring: unknown opts.strategy \"%s\" (use \"round_robin\" or "
+                          "\"least_recently_limited\")", s);
     }
     lua_pop(L, 1);
-    double cooldown = opt_number(L, 1, "keys.ring", "cooldown", DEFAULT_COOLDOWN, 0, 0);
-    double auth_cooldown = opt_number(L, 1, "keys.ring", "auth_cooldown", DEFAULT_AUTH_COOLDOWN,
-                                      0, 0);
+    double cooldown = sb_keys_opt_number(L, 1, "keys.ring", "cooldown", DEFAULT_COOLDOWN, 0, 0);
+    double auth_cooldown = sb_keys_opt_number(L, 1, "keys.ring", "auth_cooldown",
+                                              DEFAULT_AUTH_COOLDOWN, 0, 0);
     const char *name = DEFAULT_RING_NAME;
     lua_getfield(L, 1, "name");
     if (!lua_isnil(L, -1)) {
         if (lua_type(L, -1) != LUA_TSTRING)
-            keys_raise(L, "keys.ring: opts.name must be a string, got %s", luaL_typename(L, -1));
+            sb_keys_raise(L, "keys.ring: opts.name must be a string, got %s", luaL_typename(L, -1));
         name = lua_tostring(L, -1);
     }
     /* name stays on the stack (index 2) while we use it */
@@ -421,14 +407,15 @@ static int l_ring_new(lua_State *L)
         lua_replace(L, 3);
     }
     if (lua_type(L, 3) != LUA_TTABLE)
-        keys_raise(L, "keys.ring: opts.keys must be an array of API keys or a string of keys "
-                   "separated by commas or spaces, got %s", luaL_typename(L, 3));
+        sb_keys_raise(L, "keys.ring: opts.keys must be an array of API keys or a string of keys "
+                      "separated by commas or spaces, got %s", luaL_typename(L, 3));
     size_t nkeys = lua_objlen(L, 3);
     if (nkeys == 0)
-        keys_raise(L, "keys.ring: opts.keys is empty; give at least one API key (is the "
-                   "environment variable you read them from set?)");
+        sb_keys_raise(L, "keys.ring: opts.keys is empty; give at least one API key (is the "
+                      "environment variable you read them from set?)");
     if (nkeys > 1000000)
-        keys_raise(L, "keys.ring: opts.keys holds %zu keys; at most 1000000 are supported", nkeys);
+        sb_keys_raise(L, "keys.ring: opts.keys holds %zu keys; at most 1000000 are supported",
+                      nkeys);
 
     l_ring *u = lua_newuserdata(L, sizeof *u);                  /* index 4 */
     u->r = NULL;
@@ -438,7 +425,7 @@ static int l_ring_new(lua_State *L)
 
     ring *r = calloc(1, sizeof *r);
     if (r == NULL)
-        return keys_raise(L, "keys.ring: out of memory");
+        return sb_keys_raise(L, "keys.ring: out of memory");
     u->r = r;
     r->strategy = strategy;
     r->cooldown = cooldown;
@@ -446,7 +433,7 @@ static int l_ring_new(lua_State *L)
     r->keys = calloc(nkeys, sizeof *r->keys);
     r->by_len = malloc(nkeys * sizeof *r->by_len);
     if (r->keys == NULL || r->by_len == NULL)
-        return keys_raise(L, "keys.ring: out of memory");
+        return sb_keys_raise(L, "keys.ring: out of memory");
     r->n = (int)nkeys;
     ring_fill_keys(L, 3, r);
 
@@ -554,12 +541,13 @@ static int l_report(lua_State *L)
 {
     l_ring *u = check_ring(L);
     if (lua_type(L, 2) != LUA_TNUMBER)
-        return keys_raise(L, "ring:report: the key id (argument #1) must be the number "
-                          "acquire() returned, got %s", luaL_typename(L, 2));
+        return sb_keys_raise(L, "ring:report: the key id (argument #1) must be the number "
+                             "acquire() returned, got %s", luaL_typename(L, 2));
     double id = lua_tonumber(L, 2);
     if (lua_type(L, 3) != LUA_TSTRING)
-        return keys_raise(L, "ring:report: the outcome (argument #2) must be \"ok\", "
-                          "\"rate_limited\", \"quota\" or \"auth\", got %s", luaL_typename(L, 3));
+        return sb_keys_raise(L, "ring:report: the outcome (argument #2) must be \"ok\", "
+                             "\"rate_limited\", \"quota\" or \"auth\", got %s",
+                             luaL_typename(L, 3));
     const char *outcome = lua_tostring(L, 3);
     int out;
     if (strcmp(outcome, "ok") == 0)
@@ -571,24 +559,24 @@ static int l_report(lua_State *L)
     else if (strcmp(outcome, "auth") == 0)
         out = OUT_AUTH;
     else
-        return keys_raise(L, "ring:report: unknown outcome \"%s\" (use \"ok\", \"rate_limited\", "
-                          "\"quota\" or \"auth\")", outcome);
+        return sb_keys_raise(L, "ring:report: unknown outcome \"%s\" (use \"ok\", "
+                             "\"rate_limited\", \"quota\" or \"auth\")", outcome);
     double retry_after = -1;
     if (!lua_isnoneornil(L, 4)) {
         if (lua_type(L, 4) != LUA_TNUMBER)
-            return keys_raise(L, "ring:report: retry_after (argument #3) must be seconds as a "
-                              "number or nil, got %s (parse the Retry-After header first)",
-                              luaL_typename(L, 4));
+            return sb_keys_raise(L, "ring:report: retry_after (argument #3) must be seconds as a "
+                                 "number or nil, got %s (parse the Retry-After header first)",
+                                 luaL_typename(L, 4));
         retry_after = lua_tonumber(L, 4);
         if (!isfinite(retry_after) || retry_after < 0)
-            return keys_raise(L, "ring:report: retry_after must be a finite number >= 0, got %g",
-                              retry_after);
+            return sb_keys_raise(L, "ring:report: retry_after must be a finite number >= 0, got %g",
+                                 retry_after);
     }
     if (u->r == NULL)
         return fail_closed(L, u);
     if (!(id >= 1 && id <= u->r->n && id == floor(id)))
-        return keys_raise(L, "ring:report: no key with id %g in ring \"%s\" (ids run from 1 "
-                          "to %d); pass the id acquire() returned", id, u->name, u->r->n);
+        return sb_keys_raise(L, "ring:report: no key with id %g in ring \"%s\" (ids run from 1 "
+                             "to %d); pass the id acquire() returned", id, u->name, u->r->n);
     ring_report(u->r, (int)id - 1, out, retry_after, sb_now());
     lua_pushboolean(L, 1);
     return 1;
@@ -700,232 +688,6 @@ static int l_ring_gc(lua_State *L)
     return 0;
 }
 
-/* ================================================================ engine: buckets */
-
-/* One token bucket. rate 0 means unlimited (level unused). */
-typedef struct {
-    double rate;            /* per second */
-    double cap;             /* the most it holds: rate * burst seconds */
-    double level;           /* available now; negative = promised to waiting callers */
-} tbucket;
-
-typedef struct {
-    tbucket req, tok;
-    double rpm, tpm, burst; /* as given (rpm/tpm 0 = unlimited) */
-    double last;            /* sb_now() of the last refill */
-    int closed;
-} bucket;
-
-/* Levels this close to zero are zero: float error must not become a wait. */
-#define LEVEL_EPS 1e-9
-
-static void tb_init(tbucket *t, double per_minute, double burst, double min_cap)
-{
-    t->rate = per_minute / 60.0;
-    t->cap = t->rate * burst;
-    if (per_minute > 0 && t->cap < min_cap)
-        t->cap = min_cap;
-    t->level = t->cap;
-}
-
-static void bucket_refill(bucket *b, double now)
-{
-    double dt = now - b->last;
-    b->last = now;
-    if (!(dt > 0))
-        return;
-    tbucket *ts[2] = {&b->req, &b->tok};
-    for (int i = 0; i < 2; i++) {
-        tbucket *t = ts[i];
-        if (t->rate > 0) {
-            t->level += t->rate * dt;
-            if (t->level > t->cap)
-                t->level = t->cap;
-        }
-    }
-}
-
-/* Debit n from t; return the seconds until its level is back to zero. */
-static double tb_debit(tbucket *t, double n)
-{
-    if (t->rate <= 0)
-        return 0;
-    t->level -= n;
-    return t->level >= -LEVEL_EPS ? 0 : -t->level / t->rate;
-}
-
-static void tb_credit(tbucket *t, double n)
-{
-    if (t->rate <= 0)
-        return;
-    t->level += n;
-    if (t->level > t->cap)
-        t->level = t->cap;
-}
-
-/*
- * Reserve one request and `tokens` tokens at `now`. Returns the seconds
- * the caller must wait before sending (0: now) and sets *limit to "rpm" or
- * "tpm", whichever imposes the wait (NULL when none).
- */
-static double bucket_take(bucket *b, double tokens, double now, const char **limit)
-{
-    bucket_refill(b, now);
-    double wr = tb_debit(&b->req, 1);
-    double wt = tb_debit(&b->tok, tokens);
-    *limit = wr <= 0 && wt <= 0 ? NULL : wr >= wt ? "rpm" : "tpm";
-    return wr > wt ? wr : wt;
-}
-
-/* ================================================================ binding: buckets */
-
-static char bucket_key_mt;
-
-static const char *const bucket_options[] = {"rpm", "tpm", "burst_seconds", NULL};
-#define BUCKET_OPTIONS "rpm, tpm, burst_seconds"
-
-static bucket *check_bucket(lua_State *L)
-{
-    return sb_checkudata(L, 1, &bucket_key_mt, BUCKET_NAME);
-}
-
-/* A token count argument: nil (0) or a finite number >= 0; raises otherwise. */
-static double check_tokens(lua_State *L, int idx, const char *fn, const char *what)
-{
-    if (lua_isnoneornil(L, idx))
-        return 0;
-    if (lua_type(L, idx) != LUA_TNUMBER)
-        keys_raise(L, "bucket:%s: %s must be a number >= 0 or nil, got %s", fn, what,
-                   luaL_typename(L, idx));
-    double n = lua_tonumber(L, idx);
-    if (!isfinite(n) || n < 0)
-        keys_raise(L, "bucket:%s: %s must be a finite number >= 0, got %g", fn, what, n);
-    return n;
-}
-
-/* keys.bucket{rpm=, tpm=, burst_seconds=60} -> bucket. Raises on bad options. */
-static int l_bucket_new(lua_State *L)
-{
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    check_options(L, 1, "keys.bucket", bucket_options, BUCKET_OPTIONS);
-    double rpm = opt_number(L, 1, "keys.bucket", "rpm", 0, 0, 1);
-    double tpm = opt_number(L, 1, "keys.bucket", "tpm", 0, 0, 1);
-    double burst = opt_number(L, 1, "keys.bucket", "burst_seconds", DEFAULT_BURST, 0, 1);
-    bucket *b = lua_newuserdata(L, sizeof *b);
-    memset(b, 0, sizeof *b);
-    b->rpm = rpm;
-    b->tpm = tpm;
-    b->burst = burst;
-    tb_init(&b->req, rpm, burst, 1);    /* an idle bucket always lets one request through */
-    tb_init(&b->tok, tpm, burst, 0);
-    b->last = sb_now();
-    sb_getmeta(L, &bucket_key_mt);
-    lua_setmetatable(L, -2);
-    return 1;
-}
-
-static int bucket_closed(lua_State *L)
-{
-    return sb_fail(L, "closed", "keys.bucket is closed; create a new one with keys.bucket{...}");
-}
-
-/*
- * b:take([tokens]) -> wait [, limit] | nil, err (closed). Reserves one
- * request and `tokens` tokens now; wait is 0 or the seconds to wait before
- * sending, limit "rpm" or "tpm" names the budget that imposes it.
- */
-static int l_take(lua_State *L)
-{
-    bucket *b = check_bucket(L);
-    double tokens = check_tokens(L, 2, "take", "tokens");
-    if (b->closed)
-        return bucket_closed(L);
-    const char *limit;
-    double wait = bucket_take(b, tokens, sb_now(), &limit);
-    lua_pushnumber(L, wait);
-    if (limit == NULL)
-        return 1;
-    lua_pushstring(L, limit);
-    return 2;
-}
-
-/* b:refund([tokens [, requests]]) -> true | nil, err (closed). Capped at the burst. */
-static int l_refund(lua_State *L)
-{
-    bucket *b = check_bucket(L);
-    double tokens = check_tokens(L, 2, "refund", "tokens");
-    double requests = check_tokens(L, 3, "refund", "requests");
-    if (b->closed)
-        return bucket_closed(L);
-    bucket_refill(b, sb_now());
-    tb_credit(&b->req, requests);
-    tb_credit(&b->tok, tokens);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static void push_limit(lua_State *L, const char *field, double per_minute)
-{
-    if (per_minute > 0) {
-        lua_pushnumber(L, per_minute);
-        lua_setfield(L, -2, field);
-    }
-}
-
-/*
- * b:stats() -> { rpm=, tpm=, burst_seconds=, requests_available=,
- * tokens_available= }. Unlimited budgets have no rpm/tpm field and
- * math.huge available; a negative availability is reserved ahead.
- */
-static int l_bucket_stats(lua_State *L)
-{
-    bucket *b = check_bucket(L);
-    if (b->closed)
-        return bucket_closed(L);
-    bucket_refill(b, sb_now());
-    lua_createtable(L, 0, 5);
-    push_limit(L, "rpm", b->rpm);
-    push_limit(L, "tpm", b->tpm);
-    lua_pushnumber(L, b->burst);
-    lua_setfield(L, -2, "burst_seconds");
-    lua_pushnumber(L, b->rpm > 0 ? b->req.level : HUGE_VAL);
-    lua_setfield(L, -2, "requests_available");
-    lua_pushnumber(L, b->tpm > 0 ? b->tok.level : HUGE_VAL);
-    lua_setfield(L, -2, "tokens_available");
-    return 1;
-}
-
-static int l_bucket_tostring(lua_State *L)
-{
-    bucket *b = check_bucket(L);
-    if (b->closed) {
-        lua_pushliteral(L, BUCKET_NAME " (closed)");
-    } else if (b->rpm > 0 && b->tpm > 0) {
-        lua_pushfstring(L, BUCKET_NAME " (rpm %f, tpm %f)", b->rpm, b->tpm);
-    } else if (b->rpm > 0) {
-        lua_pushfstring(L, BUCKET_NAME " (rpm %f)", b->rpm);
-    } else if (b->tpm > 0) {
-        lua_pushfstring(L, BUCKET_NAME " (tpm %f)", b->tpm);
-    } else {
-        lua_pushliteral(L, BUCKET_NAME " (unlimited)");
-    }
-    return 1;
-}
-
-/* b:close() -> true, also when already closed. A bucket holds no memory of
- * its own beyond the userdata, so there is no __gc. */
-static int l_bucket_close(lua_State *L)
-{
-    check_bucket(L)->closed = 1;
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
 /* ================================================================ module */
 
 /* keys.parse(text) -> { key, ... }: split on commas and whitespace, drop empties. */
@@ -934,8 +696,8 @@ static int l_parse(lua_State *L)
     size_t len;
     const char *s;
     if (lua_type(L, 1) != LUA_TSTRING)
-        return keys_raise(L, "keys.parse: expected a string of keys separated by commas or "
-                          "whitespace, got %s", luaL_typename(L, 1));
+        return sb_keys_raise(L, "keys.parse: expected a string of keys separated by commas or "
+                             "whitespace, got %s", luaL_typename(L, 1));
     s = lua_tolstring(L, 1, &len);
     push_parsed(L, s, len);
     return 1;
@@ -946,7 +708,7 @@ static int l_redact(lua_State *L)
 {
     size_t len;
     if (lua_type(L, 1) != LUA_TSTRING)
-        return keys_raise(L, "keys.redact: expected a key string, got %s", luaL_typename(L, 1));
+        return sb_keys_raise(L, "keys.redact: expected a key string, got %s", luaL_typename(L, 1));
     const char *s = lua_tolstring(L, 1, &len);
     char red[REDACT_MAX];
     size_t n = redact_key(s, len, red);
@@ -966,26 +728,17 @@ static const luaL_Reg ring_methods[] = {
     {NULL, NULL}
 };
 
-static const luaL_Reg bucket_methods[] = {
-    {"take", l_take},
-    {"refund", l_refund},
-    {"stats", l_bucket_stats},
-    {"close", l_bucket_close},
-    {"__tostring", l_bucket_tostring},
-    {NULL, NULL}
-};
-
 static const luaL_Reg keys_funcs[] = {
     {"parse", l_parse},
     {"redact", l_redact},
     {"ring", l_ring_new},
-    {"bucket", l_bucket_new},
     {NULL, NULL}
 };
 
 /*
- * The module table. `_bucket_mt` is the bucket metatable (also its method
- * table), so keys.lua can add bucket:wait().
+ * The module table: parse, redact, ring and the DEFAULT_* knobs from here,
+ * bucket, `_bucket_mt` (the bucket metatable, also its method table, so
+ * keys.lua can add bucket:wait()) and DEFAULT_BURST_SECONDS from bucket.c.
  */
 int luaopen_sibyl_keys_core(lua_State *L)
 {
@@ -994,15 +747,11 @@ int luaopen_sibyl_keys_core(lua_State *L)
     lua_pop(L, 1);
     lua_createtable(L, 0, 8);
     luaL_setfuncs(L, keys_funcs, 0);
-    sb_newmeta(L, &bucket_key_mt, BUCKET_NAME);
-    luaL_setfuncs(L, bucket_methods, 0);
-    lua_setfield(L, -2, "_bucket_mt");
+    sb_bucket_register(L);
     lua_pushnumber(L, DEFAULT_COOLDOWN);
     lua_setfield(L, -2, "DEFAULT_COOLDOWN");
     lua_pushnumber(L, DEFAULT_AUTH_COOLDOWN);
     lua_setfield(L, -2, "DEFAULT_AUTH_COOLDOWN");
-    lua_pushnumber(L, DEFAULT_BURST);
-    lua_setfield(L, -2, "DEFAULT_BURST_SECONDS");
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "_VERSION");
     return 1;

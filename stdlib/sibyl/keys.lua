@@ -1,5 +1,5 @@
 -- sibyl.keys -- API key rotation and client-side pacing. The work is done in
--- C (runtime/src/keys.c, `sibyl.keys.core`); this layer re-exports it and
+-- C (runtime/src/keys.c and bucket.c, `sibyl.keys.core`); this layer re-exports it and
 -- adds bucket:wait(), which sleeps on the event loop.
 --
 --   local keys = require "sibyl.keys"
