@@ -15,6 +15,7 @@ local mock = require "sibyl.llm.mock"
 local keys = require "sibyl.keys"
 local helpers = require "helpers"
 local fixture = require "llm_server"
+local server = require "sibyl.server"
 
 local eventually, timed = helpers.eventually, helpers.timed
 
@@ -1536,5 +1537,74 @@ describe("sibyl.llm mock provider", function()
         assert.are.equal("configured", r.content)
         assert.are.equal("fake", r.provider)
         assert.are.equal("fake-1", r.model)
+    end)
+end)
+
+
+-- Configuration from the environment: a child sibyl process, since the
+-- environment is read by the process itself.
+describe("sibyl.llm configuration from the environment", function()
+    local function child(env, script)
+        local path = helpers.tmpfile(script, ".lua")
+        local parts = {}
+        for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. helpers.shell_quote(v) end
+        local cmd = "env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u ANTHROPIC_API_KEY -u ANTHROPIC_BASE_URL "
+            .. "-u SIBYL_PROVIDER -u SIBYL_MODEL -u SIBYL_LLM_CONFIG " .. table.concat(parts, " ") .. " "
+            .. helpers.shell_quote(helpers.sibyl_bin) .. " " .. path .. " 2>&1"
+        local p = assert(io.popen(cmd))
+        local out = p:read("*a")
+        p:close()
+        os.remove(path)
+        return out
+    end
+
+    -- The child starts the fixture on a port the parent picked, then calls
+    -- llm.chat with nothing configured.
+    local SCRIPT = [[
+        package.path = "tests/fixtures/?.lua;" .. package.path
+        local llm = require "sibyl.llm"
+        local fx = assert(require("llm_server").start{ port = tonumber(os.getenv("FX_PORT")) })
+        local r, err = llm.chat{ prompt = "hello there" }
+        if r then
+            local rq = fx.requests[1]
+            print(r.provider, r.model, r.content, rq and (rq.headers.authorization or rq.headers["x-api-key"]) or "-")
+        else
+            print("ERR", err.kind, err.message)
+        end
+        fx:close()
+    ]]
+
+    local function free_port()
+        local s = assert(server.listen{ port = 0, routes = {} })
+        local port = s.port
+        s:close()
+        return tostring(port)
+    end
+
+    it("OPENAI_BASE_URL, OPENAI_API_KEY and SIBYL_MODEL make the default provider", function()
+        local port = free_port()
+        local out = child({ FX_PORT = port, OPENAI_BASE_URL = "http://127.0.0.1:" .. port .. "/v1",
+                            OPENAI_API_KEY = "sk-env-1", SIBYL_MODEL = "env-model" }, SCRIPT)
+        assert.are.equal("openai\tenv-model\techo: hello there\tBearer sk-env-1\n", out)
+    end)
+
+    it("ANTHROPIC_* with SIBYL_PROVIDER picks Anthropic", function()
+        local port = free_port()
+        local out = child({ FX_PORT = port, ANTHROPIC_BASE_URL = "http://127.0.0.1:" .. port,
+                            ANTHROPIC_API_KEY = "sk-ant-env", OPENAI_API_KEY = "sk-unused",
+                            SIBYL_PROVIDER = "anthropic" }, SCRIPT)
+        assert.are.equal("anthropic\tclaude-haiku-4-5\techo: hello there\tsk-ant-env\n", out)
+    end)
+
+    it("SIBYL_PROVIDER=mock works offline", function()
+        local out = child({ FX_PORT = free_port(), SIBYL_PROVIDER = "mock" }, SCRIPT)
+        assert.matches("^mock\tmock%-model\tmock reply to: hello there", out)
+    end)
+
+    it("nothing configured is kind config, naming the variables to set", function()
+        local out = child({ FX_PORT = free_port() }, SCRIPT)
+        assert.matches("^ERR\tconfig\t", out)
+        assert.matches("OPENAI_API_KEY", out)
+        assert.matches("doc/llm.md", out)
     end)
 end)

@@ -349,12 +349,9 @@ end
 --- Run once(self, req, key) with retries, key rotation and pacing.
 -- once returns a result or nil, err.
 function client:_call(once, req, opts)
-    local retry = self._retry
-    if not retry or opts.retry then
-        retry = merge(_M.defaults.retry, self.retry)
-        if opts.retry then retry = merge(retry, opts.retry) end
-        if not opts.retry then self._retry = retry end
-    end
+    local retry = _M.defaults.retry          -- read per call: later changes apply
+    if self.retry then retry = merge(retry, self.retry) end
+    if opts.retry then retry = merge(retry, opts.retry) end
     local attempts = retry.attempts
     local ring, bucket = self.ring, self.bucket
     local attempt = 0
