@@ -488,7 +488,18 @@ end
 local function chat_once(self, req, key)
     local d = self.dialect
     local url, body = d.chat_request(self, req)
-    local headers = d.headers(self, key)
+    -- Header tables are built once per key and reused (http.lua only reads
+    -- them); a client's `headers` are read on its first call.
+    local cache = self._headers
+    if not cache then
+        cache = {}
+        self._headers = cache
+    end
+    local headers = cache[key or cache]
+    if not headers then
+        headers = d.headers(self, key)
+        cache[key or cache] = headers
+    end
     local r, err
     if req.stream then
         r, err = chat_stream(self, req, key, url, body, headers)

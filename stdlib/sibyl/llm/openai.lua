@@ -37,6 +37,16 @@ end
 
 
 local function wire_messages(req)
+    if not req.system then
+        local plain = true
+        for _, m in ipairs(req.messages) do
+            if m.tool_calls or m.role == "tool" then
+                plain = false
+                break
+            end
+        end
+        if plain then return req.messages end  -- already OpenAI's shape: no copy
+    end
     local out, n = {}, 0
     if req.system then
         n = n + 1
