@@ -143,8 +143,16 @@ local function prepare(opts, level)
             error("http.request: opts.headers must be a table of name = value", level)
         end
         for k, v in pairs(opts.headers) do
-            if lower(k) == "content-type" then has_ct = true end
-            hdrs[#hdrs + 1] = k .. ": " .. tostring(v)
+            if type(k) == "number" then         -- a ready "Name: value" line
+                if type(v) ~= "string" then
+                    error("http.request: opts.headers[" .. k .. "] must be a \"Name: value\" string", level)
+                end
+                if find(v, "^[Cc][Oo][Nn][Tt][Ee][Nn][Tt]%-[Tt][Yy][Pp][Ee]:") then has_ct = true end
+                hdrs[#hdrs + 1] = v
+            else
+                if lower(k) == "content-type" then has_ct = true end
+                hdrs[#hdrs + 1] = k .. ": " .. tostring(v)
+            end
         end
     end
     local body = opts.body

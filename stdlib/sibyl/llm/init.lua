@@ -497,7 +497,8 @@ local function chat_once(self, req, key)
     end
     local headers = cache[key or cache]
     if not headers then
-        headers = d.headers(self, key)
+        headers = {}
+        for k, v in pairs(d.headers(self, key)) do headers[#headers + 1] = k .. ": " .. tostring(v) end
         cache[key or cache] = headers
     end
     local r, err
