@@ -16,7 +16,7 @@ for _ in $(seq 50); do curl -s -o /dev/null -X POST http://127.0.0.1:18080/v1/ch
 # run NAME CMD...: runs the client RUNS times (default 3) and prints
 # "NAME|req/s|cpu s|peak RSS MB" for the run with the median req/s, using
 # the client's own "N req/s" line. Every client gets the same treatment.
-RUNS=${FANOUT_RUNS:-3}
+RUNS=${FANOUT_RUNS:-5}
 run() {
   local name=$1; shift
   local results=() out tm u s m rps

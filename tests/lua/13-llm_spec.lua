@@ -1608,3 +1608,46 @@ describe("sibyl.llm configuration from the environment", function()
         assert.matches("doc/llm.md", out)
     end)
 end)
+
+
+describe("sibyl.llm pacing", function()
+
+    it("rpm spaces calls out once the burst is spent", function()
+        local m = llm.client{ type = "mock", rpm = 600, pacing_burst = 0.1 }   -- 10 calls/s, 1 at once
+        local t0 = sibyl.now()
+        for _ = 1, 5 do assert(m:chat{ prompt = "hi" }) end
+        local took = sibyl.now() - t0
+        assert.is_true(took >= 0.35 and took < 2, "5 calls at 10/s took " .. took)
+    end)
+
+    it("key_rpm paces each key of the ring on its own", function()
+        local fx = assert(fixture.start{ port = 0 })
+        finally(function() fx:close() end)
+        local c = llm.client{ type = "openai", base_url = fx.base_url .. "/v1", api_keys = { K1, K2 },
+                              key_rpm = 600, pacing_burst = 0.1 }
+        local t0 = sibyl.now()
+        for _ = 1, 6 do assert(c:chat{ prompt = "hi" }) end
+        local took = sibyl.now() - t0
+        -- 3 calls per key at 10/s per key: about 0.2 s; one shared bucket would take 0.5 s
+        assert.is_true(took >= 0.15 and took < 0.45, "6 calls over 2 keys took " .. took)
+        local used = {}
+        for _, rq in ipairs(fx.requests) do
+            used[rq.headers.authorization] = (used[rq.headers.authorization] or 0) + 1
+        end
+        assert.are.equal(3, used["Bearer " .. K1])
+        assert.are.equal(3, used["Bearer " .. K2])
+    end)
+
+    it("tpm waits for the tokens a call will use and refunds what it did not", function()
+        local m = llm.mock{ replies = { "one", "two" } }
+        m.bucket = keys.bucket{ tpm = 6000, burst_seconds = 0.1 }   -- 100 tokens/s, 10 at once
+        local before = m.bucket:stats().tokens_available
+        local t0 = sibyl.now()
+        assert(m:chat{ prompt = "hi", max_tokens = 20 })           -- estimate 20: waits ~0.1 s
+        local took = sibyl.now() - t0
+        assert.is_true(took >= 0.05, "took " .. took)
+        -- the mock used 2 tokens (1 in, 1 out): 18 of the 20 came back, filling
+        -- the bucket again (without the refund it would hold about 0)
+        assert.is_true(m.bucket:stats().tokens_available >= before - 1)
+    end)
+end)

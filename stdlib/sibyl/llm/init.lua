@@ -283,8 +283,20 @@ local function nonempty(s)
 end
 
 
+-- Client-side pacing from the options (also used by the mock).
+function _M._pacing(c, opts)
+    if opts.rpm or opts.tpm then
+        c.bucket = keys.bucket{ rpm = opts.rpm, tpm = opts.tpm, burst_seconds = opts.pacing_burst }
+    end
+    if opts.key_rpm or opts.key_tpm then
+        c.key_pacing = { rpm = opts.key_rpm, tpm = opts.key_tpm, burst_seconds = opts.pacing_burst }
+    end
+end
+
+
 --- A provider client. opts: type ("openai" | "anthropic" | "mock"),
 -- name, base_url, api_key / api_keys, model, embed_model, headers, rpm, tpm,
+-- key_rpm, key_tpm (pacing per key), pacing_burst,
 -- timeout, connect_timeout, retry, prices, key_strategy, key_cooldown,
 -- version (anthropic), max_tokens, stream_usage.
 function _M.client(opts)
@@ -319,10 +331,24 @@ function _M.client(opts)
         c.ring = keys.ring{ keys = keylist, name = name, strategy = opts.key_strategy,
                             cooldown = opts.key_cooldown, auth_cooldown = opts.key_auth_cooldown }
     end
-    if opts.rpm or opts.tpm then
-        c.bucket = keys.bucket{ rpm = opts.rpm, tpm = opts.tpm }
-    end
+    _M._pacing(c, opts)
     return c
+end
+
+
+-- The token bucket of key `kid` (key_rpm / key_tpm), made on first use.
+function client:_key_bucket(kid)
+    local kb = self._key_buckets
+    if not kb then
+        kb = {}
+        self._key_buckets = kb
+    end
+    local b = kb[kid]
+    if not b then
+        b = keys.bucket(self.key_pacing)
+        kb[kid] = b
+    end
+    return b
 end
 
 
@@ -375,10 +401,17 @@ function client:_call(once, req, opts)
         end
         do
             local estimate
-            if bucket then
+            local kbucket = kid and self.key_pacing and self:_key_bucket(kid)
+            if bucket or kbucket then
                 estimate = estimate_tokens(req)
-                local ok, berr = bucket:wait(estimate)
-                if not ok then return nil, berr end
+                if bucket then
+                    local ok, berr = bucket:wait(estimate)
+                    if not ok then return nil, berr end
+                end
+                if kbucket then
+                    local ok, berr = kbucket:wait(estimate)
+                    if not ok then return nil, berr end
+                end
             end
             local r, err = once(self, req, key)
             if ring then
@@ -393,9 +426,12 @@ function client:_call(once, req, opts)
                 if outcome ~= "ok" or r then ring:report(kid, outcome, err and err.retry_after) end
             end
             if r then
-                if bucket and r.usage then
+                if estimate and r.usage then
                     local used = (r.usage.input or 0) + (r.usage.output or 0)
-                    if used < estimate then bucket:refund(estimate - used) end
+                    if used < estimate then
+                        if bucket then bucket:refund(estimate - used) end
+                        if kbucket then kbucket:refund(estimate - used) end
+                    end
                 end
                 r.attempts = attempt
                 return r

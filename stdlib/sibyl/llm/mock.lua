@@ -80,6 +80,7 @@ function _M.new(opts, llm)
         dims = opts.dims or 64,
         replies = {}, requests = {}, default = opts.default,
     }, llm._client_mt)
+    llm._pacing(c, opts)
     for _, r in ipairs(opts.replies or {}) do c.replies[#c.replies + 1] = r end
 
     --- Queue more replies; returns the client.
