@@ -119,6 +119,7 @@ void sb_open_modules(lua_State *L)
         {"sibyl.sse", luaopen_sibyl_sse},
         {"sibyl.keys.core", luaopen_sibyl_keys_core},
         {"sibyl.http.core", luaopen_sibyl_http_core},
+        {"sibyl.cache.core", luaopen_sibyl_cache_core},
         {"sibyl.server.core", luaopen_sibyl_server_core},
         {"cjson", luaopen_cjson},
         {NULL, NULL}
