@@ -14,7 +14,10 @@ CMAKE_ARGS ?=
 DEB_PACKAGES = build-essential cmake pkg-config \
 	luajit libluajit-5.1-dev libevent-dev libyaml-dev lua-cjson-dev libcurl4-openssl-dev libhttp-parser-dev \
 	libreadline-dev lua-busted \
-	hyperfine python3 python3-aiohttp nginx-light wrk curl time
+	libhiredis-dev redis-server \
+	libsqlite3-dev \
+	libopenblas-dev \
+	hyperfine python3 python3-aiohttp python3-numpy python3-faiss nginx-light wrk curl time
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -121,6 +121,9 @@ void sb_open_modules(lua_State *L)
         {"sibyl.http.core", luaopen_sibyl_http_core},
         {"sibyl.cache.core", luaopen_sibyl_cache_core},
         {"sibyl.server.core", luaopen_sibyl_server_core},
+        {"sibyl.redis.core", luaopen_sibyl_redis_core},
+        {"sibyl.sqlite.core", luaopen_sibyl_sqlite_core},
+        {"sibyl.vec.core", luaopen_sibyl_vec_core},
         {"cjson", luaopen_cjson},
         {NULL, NULL}
     };

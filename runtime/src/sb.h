@@ -209,6 +209,9 @@ int luaopen_sibyl_cache_core(lua_State *L);   /* cache.c */
 int luaopen_sibyl_keys_core(lua_State *L); /* keys.c */
 int luaopen_sibyl_http_core(lua_State *L); /* http_client.c */
 int luaopen_sibyl_server_core(lua_State *L); /* http_server.c */
+int luaopen_sibyl_redis_core(lua_State *L); /* redis.c */
+int luaopen_sibyl_sqlite_core(lua_State *L); /* sqlite.c */
+int luaopen_sibyl_vec_core(lua_State *L); /* vec.c */
 int luaopen_cjson(lua_State *L);        /* lua-cjson */
 
 /* Register the built-in C modules in package.preload and the embedded

@@ -204,6 +204,33 @@ shops:
         assert.has_error(function() cache.tiered{ x = { technique = "disk_cache" } } end)
     end)
 
+    it("with Redis: write-through, a second process's view, promotion into memory, TTL", function()
+        local rs = require "redis_server"
+        rs.require_installed()
+        local srv = rs.new_server()
+        finally(function() rs.stop_server(srv) end)
+        local url = "redis://127.0.0.1:" .. srv.port .. "/0"
+        local a = cache.tiered{ memory = {}, redis = { url = url, ttl = 60 } }
+        assert.are.equal("computed", (a:fetch("k", function() return "computed" end)))
+        -- another "process": its own tiers, the same Redis
+        local b = cache.tiered{ memory = {}, redis = { url = url, ttl = 60 } }
+        local v, tier = b:get("k")
+        assert.are.equal("computed", v)
+        assert.are.equal("redis", tier)
+        v, tier = b:get("k")
+        assert.are.equal("memory", tier)                       -- promoted
+        b:set("t", { list = { 1, 2 }, ok = true, none = json.null })
+        local got = a:get("t")
+        assert.are.same({ list = { 1, 2 }, ok = true, none = json.null }, got)
+        -- the Redis TTL is set (milliseconds precision)
+        local redis = require "sibyl.redis"
+        local r = assert(redis.connect(url))
+        local pttl = r:call("PTTL", "sibyl:cache:k")
+        r:close()
+        assert.is_true(pttl > 50000 and pttl <= 60000, tostring(pttl))
+        a:close(); b:close()
+    end)
+
     it("degrades when Redis is down: says so once and keeps answering", function()
         local t = cache.tiered{ memory = {}, redis = { url = "redis://127.0.0.1:1/0", ttl = 10, retry_after = 60 } }
         local v, tier = t:fetch("z", function() return "computed" end)
