@@ -41,6 +41,9 @@ static const char usage[] =
     "  test [PATHS] [busted options]   run busted specs inside the runtime\n"
     "  serve app.lua [--port N] [--host H]\n"
     "                                  serve the routes app.lua returns\n"
+    "  index DIR [--store F]           index documents for `ask` (sibyl.rag)\n"
+    "  ask \"QUESTION\" [--store F] [-k N]\n"
+    "                                  answer from the index, with sources\n"
     "\n"
     "With no script and no -e, sibyl opens a REPL when standard input is a\n"
     "terminal and runs standard input otherwise. See doc/cli.md.\n";
@@ -105,14 +108,16 @@ static int run_require(sibyl_rt *rt, const char *name)
     return report(rt, sb_run_chunk(rt, 1));
 }
 
-/* sibyl test|serve ...: hand the arguments to the command's Lua module
- * (sibyl.testing, sibyl.serve) inside a task; `arg` holds them. */
-static int run_command(sibyl_rt *rt, char **argv, int argc, int first, const char *module)
+/* sibyl test|serve|index|ask ...: hand the arguments to the command's Lua
+ * function (module.func: sibyl.testing.main, sibyl.rag.cli.ask...) inside a
+ * task; `arg` holds them. */
+static int run_command(sibyl_rt *rt, char **argv, int argc, int first, const char *module,
+                       const char *func)
 {
     lua_State *L = rt->L;
     set_arg(L, argv, argc, first - 1);
-    char code[128];
-    snprintf(code, sizeof code, "return require('%s').main(...)", module);
+    char code[160];
+    snprintf(code, sizeof code, "return require('%s').%s(...)", module, func);
     if (luaL_loadbuffer(L, code, strlen(code), "=(sibyl command)") != 0)
         return SIBYL_ERROR;
     int status = report(rt, sb_run_chunk(rt, 0));
@@ -166,13 +171,23 @@ int main(int argc, char **argv)
     }
     int status = SIBYL_OK;
 
-    const char *command = NULL;
-    if (script && i == script && strcmp(argv[script], "test") == 0)
-        command = "sibyl.testing";
-    else if (script && i == script && strcmp(argv[script], "serve") == 0)
-        command = "sibyl.serve";
+    static const struct {
+        const char *name, *module, *func;
+    } commands[] = {
+        {"test", "sibyl.testing", "main"},
+        {"serve", "sibyl.serve", "main"},
+        {"index", "sibyl.rag.cli", "index"},
+        {"ask", "sibyl.rag.cli", "ask"},
+    };
+    const char *command = NULL, *func = NULL;
+    for (size_t c = 0; script && i == script && c < sizeof commands / sizeof commands[0]; c++) {
+        if (strcmp(argv[script], commands[c].name) == 0) {
+            command = commands[c].module;
+            func = commands[c].func;
+        }
+    }
     if (command) {
-        status = run_command(rt, argv, argc, script + 1, command);
+        status = run_command(rt, argv, argc, script + 1, command, func);
         sibyl_close(rt);
         return status == SIBYL_OK ? 0 : 1;
     }

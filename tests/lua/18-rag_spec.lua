@@ -75,3 +75,151 @@ describe("sibyl.rag.chunk", function()
         assert.has_error(function() chunk.split(42) end)
     end)
 end)
+
+
+describe("sibyl.rag index and retrieval", function()
+    local rag = require "sibyl.rag"
+    local fs = require "sibyl.fs"
+    local llm = require "sibyl.llm"
+    local helpers = require "helpers"
+    local FIXTURE = "tests/fixtures/rag/docs"
+
+    local function tmpdir()
+        local d = os.tmpname()
+        os.remove(d)
+        assert(os.execute("mkdir -p " .. d) == 0)
+        return d
+    end
+
+    -- The labelled documents plus 300 distractors made of half-sentences of
+    -- them (deterministic): they share the vocabulary, not the meaning.
+    local function corpus()
+        local dir = tmpdir()
+        os.execute("mkdir -p " .. dir .. "/docs && cp " .. FIXTURE .. "/*.md " .. dir .. "/docs/")
+        local sentences = {}
+        for _, name in ipairs(assert(fs.list(FIXTURE))) do
+            local text = assert(fs.read(FIXTURE .. "/" .. name))
+            for s in text:gsub("^#[^\n]*\n", ""):gmatch("[^%.]+%.") do
+                local words = {}
+                for w in s:gmatch("%S+") do words[#words + 1] = w end
+                if #words > 4 then sentences[#sentences + 1] = words end
+            end
+        end
+        math.randomseed(7)
+        for i = 1, 300 do
+            local parts = {}
+            for _ = 1, 3 do
+                local w = sentences[math.random(#sentences)]
+                local half = {}
+                for k = 1, #w do if math.random() < 0.5 then half[#half + 1] = w[k] end end
+                parts[#parts + 1] = table.concat(half, " ") .. "."
+            end
+            assert(fs.write(dir .. "/docs/noise" .. i .. ".md",
+                            "# Note " .. i .. "\n\n" .. table.concat(parts, " ") .. "\n"))
+        end
+        return dir
+    end
+
+    it("hybrid retrieval beats BM25 and vectors alone on the labelled set (recall@5)", function()
+        local dir = corpus()
+        finally(function() os.execute("rm -rf " .. dir) end)
+        local store = dir .. "/index.db"
+        local stats = assert(rag.index{ path = dir .. "/docs", store = store, progress = false })
+        assert.are.equal(315, stats.files)
+        local idx = assert(rag.open(store))
+        local qs = dofile("tests/fixtures/rag/questions.lua")
+        local recall = {}
+        for _, mode in ipairs{ "fts", "vector", "hybrid" } do
+            local found = 0
+            for _, item in ipairs(qs) do
+                for _, h in ipairs(idx:search(item.q, { k = 5, mode = mode })) do
+                    if h.path:sub(-#item.doc - 1) == "/" .. item.doc then
+                        found = found + 1
+                        break
+                    end
+                end
+            end
+            recall[mode] = found / #qs
+        end
+        idx:close()
+        print(("\n    recall@5 on %d questions: BM25 %.2f, vectors %.2f, hybrid %.2f"):format(
+            #qs, recall.fts, recall.vector, recall.hybrid))
+        assert.is_true(recall.hybrid > recall.fts, "hybrid vs BM25")
+        assert.is_true(recall.hybrid > recall.vector, "hybrid vs vectors")
+        assert.is_true(recall.hybrid >= 0.8)
+    end)
+
+    it("re-indexes incrementally: unchanged files are skipped, changed and removed ones handled", function()
+        local dir = tmpdir()
+        finally(function() os.execute("rm -rf " .. dir) end)
+        os.execute("mkdir -p " .. dir .. "/docs && cp " .. FIXTURE .. "/*.md " .. dir .. "/docs/")
+        local store = dir .. "/index.db"
+        local s1 = assert(rag.index{ path = dir .. "/docs", store = store, progress = false })
+        assert.are.same({ 15, 15, 0, 0 }, { s1.files, s1.indexed, s1.skipped, s1.removed })
+        local s2 = assert(rag.index{ path = dir .. "/docs", store = store, progress = false })
+        assert.are.same({ 15, 0, 15, 0 }, { s2.files, s2.indexed, s2.skipped, s2.removed })
+        assert.are.equal(s1.total_chunks, s2.total_chunks)
+        assert(fs.write(dir .. "/docs/ports.md", "# Ports\n\nThe port is busy: choose another one with port = 0.\n"))
+        os.remove(dir .. "/docs/repl.md")
+        local s3 = assert(rag.index{ path = dir .. "/docs", store = store, progress = false })
+        assert.are.same({ 14, 1, 13, 1 }, { s3.files, s3.indexed, s3.skipped, s3.removed })
+        local idx = assert(rag.open(store))
+        local hits = idx:search("interactive prompt Ctrl-C", { k = 3, mode = "fts" })
+        for _, h in ipairs(hits) do assert.is_nil(h.path:match("repl%.md$")) end
+        hits = idx:search("port busy choose another", { k = 1 })
+        assert.matches("ports%.md$", hits[1].path)
+        assert.matches("choose another one", hits[1].text)
+        -- a filter keeps only matching paths
+        hits = idx:search("keys", { k = 5, filter = { path_match = "redis%.md$" } })
+        for _, h in ipairs(hits) do assert.matches("redis%.md$", h.path) end
+        idx:close()
+    end)
+
+    it("answers extractively without a model, and through a model with numbered sources", function()
+        local dir = tmpdir()
+        finally(function() os.execute("rm -rf " .. dir) end)
+        local store = dir .. "/index.db"
+        assert(rag.index{ path = FIXTURE, store = store, progress = false })
+        local idx = assert(rag.open(store))
+        local a = assert(idx:answer("How are API keys rotated after a 429?", { llm = false }))
+        assert.are.equal("extractive", a.mode)
+        assert.matches("^Extractive answer", a.text)
+        assert.matches("%[%d%]", a.text)
+        assert.matches("keys%.md$", a.sources[1].path)
+        assert.is_number(a.sources[1].line)
+        local m = llm.mock{ replies = { "Keys rest after a 429 and the next request takes another key [1]." } }
+        a = assert(idx:answer("How are API keys rotated after a 429?", { llm = m }))
+        assert.are.equal("llm", a.mode)
+        assert.matches("%[1%]", a.text)
+        local prompt = m.requests[1].messages[1].content
+        assert.matches("^Sources:", prompt)
+        assert.matches("%[1%] [^\n]*keys%.md:%d+", prompt)
+        assert.matches("Question: How are API keys rotated", prompt)
+        assert.matches("Cite every claim", m.requests[1].system)
+        idx:close()
+        -- an index built with another embedder is refused, with what to do
+        local _, err = rag.open(store, { embed = function(texts) return {} end })
+        assert.are.equal("config", err.kind)
+        assert.matches("rebuild it", err.message)
+        _, err = rag.open(dir .. "/missing.db")
+        assert.are.equal("io", err.kind)
+        assert.matches("sibyl index", err.message)
+    end)
+
+    it("sibyl index and sibyl ask work from the command line", function()
+        local dir = tmpdir()
+        finally(function() os.execute("rm -rf " .. dir) end)
+        local store = dir .. "/cli.db"
+        local r = helpers.run_cli({ "index", FIXTURE, "--store", store })
+        assert.are.equal(0, r.code, r.err)
+        assert.matches("15 files %(15 new or changed, 0 unchanged, 0 removed%)", r.out)
+        r = helpers.run_cli({ "ask", "--store", store, "--offline", "--json", "what does EADDRINUSE mean" })
+        assert.are.equal(0, r.code, r.err)
+        local out = require("sibyl.json").decode(r.out)
+        assert.are.equal("extractive", out.mode)
+        assert.matches("ports%.md$", out.sources[1].path)
+        r = helpers.run_cli({ "ask", "--store", dir .. "/none.db", "anything" })
+        assert.are_not.equal(0, r.code)
+        assert.matches("no index at", r.err)
+    end)
+end)
