@@ -92,8 +92,11 @@ local function extractive(question, hits, opts)
         return a.pos < b.pos
     end)
     local picked, seen = {}, {}
+    local floor = cands[1] and cands[1].score * 0.4 or 0    -- much weaker matches add noise
     for _, c in ipairs(cands) do
-        if #picked >= (opts.sentences or _M.defaults.sentences) or c.score <= 0 then break end
+        if #picked >= (opts.sentences or _M.defaults.sentences) or c.score <= 0 or c.score < floor then
+            break
+        end
         if not seen[c.text] then
             seen[c.text] = true
             picked[#picked + 1] = c
