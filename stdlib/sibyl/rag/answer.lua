@@ -39,7 +39,9 @@ end
 
 -- Sentences of a chunk with their line numbers (chunk.line + newlines before).
 local function sentences(hit, out, n)
-    local text = hit.text
+    -- code blocks are not prose to quote: blank them out, keeping offsets
+    local text = gsub(hit.text, "```.-```", function(block) return (gsub(block, "[^\n]", " ")) end)
+    text = gsub(text, "```.*$", function(block) return (gsub(block, "[^\n]", " ")) end)
     local p, len = 1, #text
     while p <= len do
         local a, b = find(text, "[%.!?][\"')%]]*%s", p)
