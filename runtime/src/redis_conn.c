@@ -358,10 +358,58 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 }
 
 
+/* Append the decimal form of n to p; returns the new end. */
+static char *put_uint(char *p, size_t n)
+{
+    char tmp[24];
+    int i = 0;
+    do {
+        tmp[i++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    while (i)
+        *p++ = tmp[--i];
+    return p;
+}
+
+/* RESP-encode a command ourselves and hand hiredis the bytes: hiredis's
+ * own formatting (sds appends, printf-style) was a fifth of the client's
+ * CPU time per command. Small commands are built on the stack. */
+static int send_formatted(redisAsyncContext *ac, void *priv, int argc, const char **argv,
+                          const size_t *lens)
+{
+    size_t need = 16;
+    for (int i = 0; i < argc; i++)
+        need += lens[i] + 32;
+    char small[2048];
+    char *buf = need <= sizeof small ? small : malloc(need);
+    if (buf == NULL)
+        return REDIS_ERR;
+    char *p = buf;
+    *p++ = '*';
+    p = put_uint(p, (size_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = put_uint(p, lens[i]);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    int rc = redisAsyncFormattedCommand(ac, on_reply, priv, buf, (size_t)(p - buf));
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
 int sb_redis_send(sb_rconn *c, sb_rreq *q, int argc, const char **argv, const size_t *lens)
 {
     sb_rclient *cl = c->cl;
-    if (c->ac == NULL || redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) != REDIS_OK)
+    if (c->ac == NULL || send_formatted(c->ac, q, argc, argv, lens) != REDIS_OK)
         return -1;
     c->pending++;
     cl->pending++;
