@@ -206,6 +206,23 @@ describe("sibyl.rag index and retrieval", function()
         assert.matches("sibyl index", err.message)
     end)
 
+    it("uses an LLM provider's embeddings in concurrent batches when asked", function()
+        local dir = tmpdir()
+        finally(function() os.execute("rm -rf " .. dir) end)
+        local m = llm.mock{ dims = 32 }
+        local store = dir .. "/llm.db"
+        local stats = assert(rag.index{ path = FIXTURE, store = store, progress = false,
+                                        embed = { provider = m, batch_size = 1, concurrency = 3 } })
+        assert.are.equal(15, stats.indexed)
+        assert.are.equal(stats.total_chunks, #m.requests)        -- one chunk per request here
+        local idx = assert(rag.open(store, { embed = { provider = m } }))
+        local hits = idx:search("Redis server counters and queues", { k = 1, mode = "vector" })
+        assert.matches("redis%.md$", hits[1].path)
+        idx:close()
+        local _, err = rag.open(store)                            -- the hashing embedder: refused
+        assert.are.equal("config", err.kind)
+    end)
+
     it("sibyl index and sibyl ask work from the command line", function()
         local dir = tmpdir()
         finally(function() os.execute("rm -rf " .. dir) end)

@@ -66,7 +66,8 @@ function _M.embedder(spec, dims)
             name = "llm-" .. tostring(o.model or "default"), dims = nil,
             embed = function(texts)
                 local vectors, info = llm.embed{ input = texts, model = o.model, provider = o.provider,
-                                                 batch_size = #texts, concurrency = 1 }
+                                                 batch_size = o.batch_size or _M.defaults.batch_size,
+                                                 concurrency = o.concurrency or _M.defaults.concurrency }
                 if not vectors then return nil, info end
                 return vectors
             end,
@@ -150,7 +151,6 @@ function _M.index(opts)
     if progress == false then progress = nil end
     local stats = { files = #files, indexed = 0, skipped = 0, removed = 0, chunks = 0 }
     local seen = {}
-    local batch = opts.batch_size or d.batch_size
 
     for i, path in ipairs(files) do
         seen[path] = true
@@ -165,19 +165,17 @@ function _M.index(opts)
             stats.skipped = stats.skipped + 1
         else
             local chunks = chunker.split(text, { source = path, size = opts.size, overlap = opts.overlap })
-            local vectors = {}
-            for first = 1, #chunks, batch do
-                local texts = {}
-                for j = first, min(first + batch - 1, #chunks) do
-                    local c = chunks[j]
-                    texts[#texts + 1] = c.heading and (c.heading .. "\n" .. c.text) or c.text
-                end
-                local vs, eerr = emb.embed(texts)
-                if not vs then
-                    db:close()
-                    return nil, eerr
-                end
-                for j, v in ipairs(vs) do vectors[first + j - 1] = v end
+            -- One call per file: an LLM embedder batches and runs the batches
+            -- concurrently itself (batch_size, concurrency).
+            local texts = {}
+            for j, c in ipairs(chunks) do
+                texts[j] = c.heading and (c.heading .. "\n" .. c.text) or c.text
+            end
+            local vectors, eerr = {}, nil
+            if #texts > 0 then vectors, eerr = emb.embed(texts) end
+            if not vectors then
+                db:close()
+                return nil, eerr
             end
             local tok, terr = db:transaction(function()
                 db:run("DELETE FROM chunks WHERE path = ?", { path })
