@@ -601,9 +601,7 @@ static void cache_free(sb_cache *c)
 
 static double opt_field(lua_State *L, const char *k, double def)
 {
-    lua_getfield(L, 1, k);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
+    double v = sb_opt_num(L, 1, k, def);
     if (v < 0 || isnan(v))
         luaL_error(L, "cache: %s must be a number >= 0 (0 = unlimited)", k);
     return v;

@@ -215,30 +215,6 @@ static sb_http *get_http(lua_State *L)
 
 /* --------------------------------------------------------- options */
 
-static const char *opt_str(lua_State *L, int t, const char *k, const char *def)
-{
-    lua_getfield(L, t, k);
-    const char *s = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
-    lua_pop(L, 1);
-    return s;
-}
-
-static double opt_num(lua_State *L, int t, const char *k, double def)
-{
-    lua_getfield(L, t, k);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static int opt_bool(lua_State *L, int t, const char *k, int def)
-{
-    lua_getfield(L, t, k);
-    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 /* A proxy in the environment sends plain http through libcurl, which knows
  * proxies and no_proxy. Read on every request (three getenv calls). */
 static int env_proxy(void)
@@ -282,7 +258,7 @@ static const sb_http_engine *pick_engine(sb_http *h, const char *url, const char
 
 static const char *check_engine_name(lua_State *L, int t)
 {
-    const char *e = opt_str(L, t, "engine", NULL);
+    const char *e = sb_opt_str(L, t, "engine", NULL);
     if (e && strcmp(e, "auto") != 0 && strcmp(e, "curl") != 0 && strcmp(e, "h1") != 0)
         luaL_error(L, "http: opts.engine must be \"auto\", \"h1\" or \"curl\", not \"%s\"", e);
     return e && strcmp(e, "auto") == 0 ? NULL : e;
@@ -299,15 +275,15 @@ static sb_xfer *xfer_start(lua_State *L, int streaming)
     sb_http *h = get_http(L);
     sb_http_req r;
     memset(&r, 0, sizeof r);
-    r.url = opt_str(L, 1, "url", NULL);
+    r.url = sb_opt_str(L, 1, "url", NULL);
     if (r.url == NULL)
         luaL_error(L, "http: opts.url is required");
-    r.method = opt_str(L, 1, "method", "GET");
-    r.timeout = opt_num(L, 1, "timeout", 0);
-    r.connect_timeout = opt_num(L, 1, "connect_timeout", 10);
-    double max_body = opt_num(L, 1, "max_body", (double)SB_HTTP_DEFAULT_MAX_BODY);
-    r.tls_verify = opt_bool(L, 1, "tls_verify", 1);
-    r.compressed = opt_bool(L, 1, "compressed", 0);
+    r.method = sb_opt_str(L, 1, "method", "GET");
+    r.timeout = sb_opt_num(L, 1, "timeout", 0);
+    r.connect_timeout = sb_opt_num(L, 1, "connect_timeout", 10);
+    double max_body = sb_opt_num(L, 1, "max_body", (double)SB_HTTP_DEFAULT_MAX_BODY);
+    r.tls_verify = sb_opt_bool(L, 1, "tls_verify", 1);
+    r.compressed = sb_opt_bool(L, 1, "compressed", 0);
     const char *want = check_engine_name(L, 1);
     if (strspn(r.method, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != strlen(r.method) || !*r.method)
         luaL_error(L, "http: opts.method must be upper-case letters, not \"%s\"", r.method);
@@ -589,8 +565,8 @@ static int l_configure(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     sb_http *h = get_http(L);
-    long total = (long)opt_num(L, 1, "max_connections", (double)h->max_connections);
-    long host = (long)opt_num(L, 1, "max_host_connections", (double)h->max_host_connections);
+    long total = (long)sb_opt_num(L, 1, "max_connections", (double)h->max_connections);
+    long host = (long)sb_opt_num(L, 1, "max_host_connections", (double)h->max_host_connections);
     luaL_argcheck(L, total >= 0 && host >= 0, 1, "limits must be >= 0 (0 = unlimited)");
     lua_getfield(L, 1, "engine");
     if (!lua_isnil(L, -1)) {

@@ -348,14 +348,6 @@ static int l_req_alive(lua_State *L)
 
 /* -------------------------------------------------------------- listen */
 
-static double num_field(lua_State *L, const char *k, double def)
-{
-    lua_getfield(L, 1, k);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 static int l_listen(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -363,13 +355,13 @@ static int l_listen(lua_State *L)
     lua_getfield(L, 1, "host");
     const char *host = luaL_optstring(L, -1, "127.0.0.1");
     lua_pop(L, 1);
-    int port = (int)num_field(L, "port", 8080);
-    double max_body = num_field(L, "max_body", 1 << 20);
-    double max_header = num_field(L, "max_header", 16 << 10);
-    int timeout = (int)num_field(L, "timeout", 60);
-    long max_inflight = (long)num_field(L, "max_inflight", 10000);
-    int stream_timeout = (int)num_field(L, "stream_timeout", 600);
-    int backlog = (int)num_field(L, "backlog", 1024);
+    int port = (int)sb_opt_num(L, 1, "port", 8080);
+    double max_body = sb_opt_num(L, 1, "max_body", 1 << 20);
+    double max_header = sb_opt_num(L, 1, "max_header", 16 << 10);
+    int timeout = (int)sb_opt_num(L, 1, "timeout", 60);
+    long max_inflight = (long)sb_opt_num(L, 1, "max_inflight", 10000);
+    int stream_timeout = (int)sb_opt_num(L, 1, "stream_timeout", 600);
+    int backlog = (int)sb_opt_num(L, 1, "backlog", 1024);
     luaL_argcheck(L, backlog > 0, 1, "backlog must be > 0");
     lua_getfield(L, 1, "dispatch");
     luaL_checktype(L, -1, LUA_TFUNCTION);

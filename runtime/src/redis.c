@@ -149,22 +149,6 @@ sb_rclient *sb_redis_check_client(lua_State *L, int idx)
     return u->cl;
 }
 
-static const char *opt_str(lua_State *L, int t, const char *k)
-{
-    lua_getfield(L, t, k);
-    const char *s = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
-    lua_pop(L, 1);
-    return s;
-}
-
-static double opt_num(lua_State *L, int t, const char *k, double def)
-{
-    lua_getfield(L, t, k);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 static char *dup_or_raise(lua_State *L, const char *s)
 {
     if (s == NULL)
@@ -218,16 +202,16 @@ static void cancel_connect(void *data)
 /* Read the options at index t into cl (redis.lua checked their types). */
 static void read_options(lua_State *L, int t, sb_rclient *cl)
 {
-    cl->host = dup_or_raise(L, opt_str(L, t, "host"));
-    cl->password = dup_or_raise(L, opt_str(L, t, "password"));
-    cl->username = dup_or_raise(L, opt_str(L, t, "username"));
-    cl->port = (int)opt_num(L, t, "port", 6379);
-    cl->db = (int)opt_num(L, t, "db", 0);
-    cl->timeout = opt_num(L, t, "timeout", 5);
-    cl->nconns = (int)opt_num(L, t, "pool", 1);
-    cl->max_pending = (size_t)opt_num(L, t, "max_pending", 100000);
-    cl->reconnect_max = opt_num(L, t, "reconnect_max", 5);
-    cl->protocol = (int)opt_num(L, t, "protocol", 2);
+    cl->host = dup_or_raise(L, sb_opt_str(L, t, "host", NULL));
+    cl->password = dup_or_raise(L, sb_opt_str(L, t, "password", NULL));
+    cl->username = dup_or_raise(L, sb_opt_str(L, t, "username", NULL));
+    cl->port = (int)sb_opt_num(L, t, "port", 6379);
+    cl->db = (int)sb_opt_num(L, t, "db", 0);
+    cl->timeout = sb_opt_num(L, t, "timeout", 5);
+    cl->nconns = (int)sb_opt_num(L, t, "pool", 1);
+    cl->max_pending = (size_t)sb_opt_num(L, t, "max_pending", 100000);
+    cl->reconnect_max = sb_opt_num(L, t, "reconnect_max", 5);
+    cl->protocol = (int)sb_opt_num(L, t, "protocol", 2);
     lua_getfield(L, t, "reconnect");
     cl->reconnect = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
     lua_pop(L, 1);

@@ -84,6 +84,12 @@ void sb_getmeta(lua_State *L, const void *key);
 void *sb_checkudata(lua_State *L, int idx, const void *key, const char *name);
 void *sb_testudata(lua_State *L, int idx, const void *key);
 
+/* Fields of an options table at index t: the default when absent (nil);
+ * a value of the wrong type raises ("bad argument"). */
+const char *sb_opt_str(lua_State *L, int t, const char *k, const char *def);
+double sb_opt_num(lua_State *L, int t, const char *k, double def);
+int sb_opt_bool(lua_State *L, int t, const char *k, int def);
+
 /* ---------------------------------------------------------------- runtime */
 
 struct sibyl_rt {

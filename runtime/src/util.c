@@ -138,3 +138,30 @@ void *sb_checkudata(lua_State *L, int idx, const void *key, const char *name)
     }
     return p;
 }
+
+
+/* ---------------------------------------------------------- option tables */
+
+const char *sb_opt_str(lua_State *L, int t, const char *k, const char *def)
+{
+    lua_getfield(L, t, k);
+    const char *s = lua_isnil(L, -1) ? def : luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    return s;               /* the string stays referenced by the options table */
+}
+
+double sb_opt_num(lua_State *L, int t, const char *k, double def)
+{
+    lua_getfield(L, t, k);
+    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+int sb_opt_bool(lua_State *L, int t, const char *k, int def)
+{
+    lua_getfield(L, t, k);
+    int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}

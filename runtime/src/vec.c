@@ -335,19 +335,11 @@ sb_vmat *sb_vec_pushmat(lua_State *L)
 }
 
 
-static double num_field(lua_State *L, int idx, const char *k, double def)
-{
-    lua_getfield(L, idx, k);
-    double v = lua_isnil(L, -1) ? def : luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 /* core.new{dims=, capacity=, metric=, quantize=, async_threshold=, rerank=, threads=} */
 static int l_new(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    double dims = num_field(L, 1, "dims", 0), cap = num_field(L, 1, "capacity", 16);
+    double dims = sb_opt_num(L, 1, "dims", 0), cap = sb_opt_num(L, 1, "capacity", 16);
     if (!(dims >= 1 && dims <= VEC_MAX_DIMS) || dims != floor(dims))
         return luaL_error(L, "vec.matrix: dims must be an integer from 1 to %d", VEC_MAX_DIMS);
     if (!(cap >= 0 && cap <= (double)VEC_MAX_ROWS))
@@ -358,9 +350,9 @@ static int l_new(lua_State *L)
     lua_getfield(L, 1, "quantize");
     int quant = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    double async = num_field(L, 1, "async_threshold", VEC_DEFAULT_ASYNC);
-    double rerank = num_field(L, 1, "rerank", VEC_DEFAULT_RERANK);
-    double threads = num_field(L, 1, "threads", sb_vec_ncpu());
+    double async = sb_opt_num(L, 1, "async_threshold", VEC_DEFAULT_ASYNC);
+    double rerank = sb_opt_num(L, 1, "rerank", VEC_DEFAULT_RERANK);
+    double threads = sb_opt_num(L, 1, "threads", sb_vec_ncpu());
     if (!(rerank >= 1 && rerank <= 1000))
         return luaL_error(L, "vec.matrix: rerank must be from 1 to 1000");
     sb_vmat *m = sb_vec_pushmat(L);
@@ -382,8 +374,8 @@ static int l_config(lua_State *L)
 {
     sb_vmat *m = sb_vec_checkmat(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
-    m->async_threshold = num_field(L, 2, "async_threshold", m->async_threshold);
-    double rerank = num_field(L, 2, "rerank", m->rerank), threads = num_field(L, 2, "threads", m->threads);
+    m->async_threshold = sb_opt_num(L, 2, "async_threshold", m->async_threshold);
+    double rerank = sb_opt_num(L, 2, "rerank", m->rerank), threads = sb_opt_num(L, 2, "threads", m->threads);
     if (!(rerank >= 1 && rerank <= 1000))
         return luaL_error(L, "vec: rerank must be from 1 to 1000");
     m->rerank = (int)rerank;
