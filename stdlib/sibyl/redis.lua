@@ -279,15 +279,16 @@ function methods.psubscribe(r, ...)
 end
 
 
-client_mt.__index = function(_, k)
-    local m = methods[k]
-    if m == nil and type(k) == "string" and not find(k, "^_") then
-        local cmd = upper(k)
-        m = function(r, ...) return call(r, cmd, ...) end
-        methods[k] = m
-    end
+-- A table __index: known methods (and commands used before) are one table
+-- lookup away; a new name makes its command function once.
+setmetatable(methods, { __index = function(t, k)
+    if type(k) ~= "string" or find(k, "^_") then return nil end
+    local cmd = upper(k)
+    local m = function(r, ...) return call(r, cmd, ...) end
+    rawset(t, k, m)
     return m
-end
+end })
+client_mt.__index = methods
 
 
 -- Subscriptions.
