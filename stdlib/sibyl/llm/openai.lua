@@ -29,7 +29,11 @@ local function wire_tool_calls(calls)
     local out = {}
     for i, c in ipairs(calls) do
         local args = c.arguments
-        if type(args) ~= "string" then args = json_encode(args or {}) end
+        if args == nil and type(c.raw_arguments) == "string" then
+            args = c.raw_arguments          -- what the model wrote, even if it was not valid JSON
+        elseif type(args) ~= "string" then
+            args = json_encode(args or {})
+        end
         out[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = args } }
     end
     return out
