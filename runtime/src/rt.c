@@ -120,6 +120,7 @@ void sb_open_modules(lua_State *L)
         {"sibyl.keys.core", luaopen_sibyl_keys_core},
         {"sibyl.http.core", luaopen_sibyl_http_core},
         {"sibyl.cache.core", luaopen_sibyl_cache_core},
+        {"sibyl.sanitize.core", luaopen_sibyl_sanitize_core},
         {"sibyl.server.core", luaopen_sibyl_server_core},
         {"sibyl.redis.core", luaopen_sibyl_redis_core},
         {"sibyl.sqlite.core", luaopen_sibyl_sqlite_core},

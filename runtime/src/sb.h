@@ -212,6 +212,7 @@ int luaopen_sibyl_yaml(lua_State *L);   /* yaml.c */
 int luaopen_sibyl_fs(lua_State *L);     /* fs.c */
 int luaopen_sibyl_sse(lua_State *L);    /* sse.c */
 int luaopen_sibyl_cache_core(lua_State *L);   /* cache.c */
+int luaopen_sibyl_sanitize_core(lua_State *L); /* sanitize.c */
 int luaopen_sibyl_keys_core(lua_State *L); /* keys.c */
 int luaopen_sibyl_http_core(lua_State *L); /* http_client.c */
 int luaopen_sibyl_server_core(lua_State *L); /* http_server.c */
