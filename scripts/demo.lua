@@ -3,6 +3,7 @@
 --
 --   sibyl scripts/demo.lua                      -- settings from scripts/demo.yaml
 --   SIBYL_QUESTION="How do I embed Sibyl in a C program?" sibyl scripts/demo.lua
+--   sibyl scripts/demo.lua --mock               -- the answer from the scripted mock model
 --
 -- It indexes the folder (incrementally: unchanged files are skipped), then
 -- answers with hybrid retrieval (BM25 + vectors). With no language model
@@ -26,9 +27,19 @@ local stats = assert(rag.index{ path = cfg.folder, store = cfg.store })
 print(("indexed %s: %d files (%d changed), %d chunks in %s"):format(
     cfg.folder, stats.files, stats.indexed, stats.total_chunks, cfg.store))
 
--- 2. Ask.
+-- 2. Ask. With --mock a scripted model "writes" the answer (offline), to
+-- show the model path; without it, a configured provider does, or the
+-- answer is extractive when none is configured.
+local model
+for _, a in ipairs(arg or {}) do
+    if a == "--mock" then
+        model = require("sibyl.llm").mock{
+            default = "(mock model) The rotation rules are in source [1]; see also [2].",
+        }
+    end
+end
 local idx = assert(rag.open(cfg.store))
-local a = assert(idx:answer(cfg.question, { k = cfg.k }))
+local a = assert(idx:answer(cfg.question, { k = cfg.k, llm = model }))
 idx:close()
 print()
 print("Q: " .. cfg.question)
