@@ -335,14 +335,15 @@ local function check_budget(run)
     local b = run.budget
     if b.tokens and run.usage.total > b.tokens then
         return format("the token budget is spent (%d of %d tokens); raise budget.tokens or shorten the task",
-                      run.usage.total, b.tokens)
+                      run.usage.total, b.tokens), "tokens"
     end
     if b.cost and run.usage.cost > b.cost then
         return format("the cost budget is spent ($%.6f of $%.6f); raise budget.cost or use a cheaper model",
-                      run.usage.cost, b.cost)
+                      run.usage.cost, b.cost), "cost"
     end
     if b.seconds and now() - run.t0 >= b.seconds then
-        return format("the time budget is spent (%.2f s of %g s); raise budget.seconds", now() - run.t0, b.seconds)
+        return format("the time budget is spent (%.2f s of %g s); raise budget.seconds", now() - run.t0,
+                      b.seconds), "seconds"
     end
 end
 
@@ -364,8 +365,8 @@ end
 function agent:_loop(run, max_steps)
     local msgs = self.messages
     for n = 1, max_steps do
-        local why = check_budget(run)
-        if why then return self:_fail(run, "budget", why) end
+        local why, which = check_budget(run)
+        if why then return self:_fail(run, "budget", why, { budget = which }) end
         local ok, terr = self:_trim(run)
         if not ok then return self:_fail(run, terr.kind, "summarizing the memory: " .. errtext(terr), { cause = terr }) end
         msgs = self.messages
@@ -375,7 +376,7 @@ function agent:_loop(run, max_steps)
         if not r then
             if err.kind == "timeout" and run.budget.seconds and now() - run.t0 >= run.budget.seconds - 1e-3 then
                 return self:_fail(run, "budget", format("the time budget is spent (%g s); raise budget.seconds",
-                                                        run.budget.seconds), { cause = err })
+                                                        run.budget.seconds), { cause = err, budget = "seconds" })
             end
             return self:_fail(run, err.kind, "model call failed at step " .. n .. ": " .. errtext(err),
                               { cause = err, status = err.status, retry_after = err.retry_after })
@@ -388,7 +389,7 @@ function agent:_loop(run, max_steps)
             return self:_result(run, r.content)
         end
         msgs[#msgs + 1] = { role = "assistant", content = r.content, tool_calls = calls }
-        why = check_budget(run)
+        why, which = check_budget(run)
         local results
         if why then
             results = not_run(calls, "the run's budget is spent")
@@ -398,7 +399,7 @@ function agent:_loop(run, max_steps)
             results = self:_tools(run, calls)
         end
         for _, m in ipairs(results) do msgs[#msgs + 1] = m end
-        if why then return self:_fail(run, "budget", why) end
+        if why then return self:_fail(run, "budget", why, { budget = which }) end
     end
     return self:_fail(run, "max_steps", format("no final answer after %d steps; raise max_steps or simplify the task",
                                               max_steps))
