@@ -52,6 +52,7 @@ local function sentences(hit, out, n)
             stop = q
         end
         local s = gsub(gsub(sub(text, p, stop), "^%s+", ""), "%s+", " ")
+        s = gsub(gsub(s, "^[-*+]%s+", ""), "^%d+[.)]%s+", "")      -- a list item's marker
         if s ~= "" then
             local _, nl = gsub(sub(text, 1, p), "\n", "")
             out[#out + 1] = { text = s, n = n, line = (hit.line or 1) + nl, pos = #out + 1 }
