@@ -566,7 +566,7 @@ describe("sibyl.vec save and load", function()
         local m = big_matrix(20000, 32, { capacity = 10, metric = "cosine" })
         local path = os.tmpname()
         local ticks = 0
-        local ticker = sibyl.spawn(function() while true do sibyl.sleep(0) ticks = ticks + 1 end end)
+        local ticker = sibyl.spawn(function() while true do ticks = ticks + 1; sibyl.sleep(0) end end)
         assert(m:save(path))
         local m2 = assert(vec.load(path, { rerank = 6 }))
         ticker:cancel()
