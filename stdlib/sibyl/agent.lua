@@ -81,12 +81,15 @@ local function list_copy(t)
 end
 
 
+--- The message of an error object (or anything else as text): what agents
+-- put in tool errors and transcripts. Shared by the agent modules.
 local function errtext(e)
     if type(e) == "table" then
         return tostring(e.message or e.kind or json.encode(e))
     end
     return tostring(e)
 end
+_M.errtext = errtext
 
 
 -- Rough size of a message in tokens: 4 bytes a token.

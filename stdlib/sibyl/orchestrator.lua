@@ -67,12 +67,7 @@ end
 
 -- ------------------------------------------------------------- helpers
 
-local function errtext(e)
-    if type(e) == "table" then
-        return tostring(e.message or e.kind or json.encode(e))
-    end
-    return tostring(e)
-end
+local errtext = require("sibyl.agent").errtext
 
 
 local function clip(s, n)

@@ -70,10 +70,7 @@ local function shallow_copy(t)
 end
 
 
-local function errtext(e)
-    if type(e) == "table" then return tostring(e.message or e.kind or json.encode(e)) end
-    return tostring(e)
-end
+local errtext = require("sibyl.agent").errtext
 
 
 local function content_text(c)

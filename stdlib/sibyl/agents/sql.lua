@@ -69,10 +69,7 @@ end
 
 -- ------------------------------------------------------------- helpers
 
-local function errtext(e)
-    if type(e) == "table" then return tostring(e.message or e.kind) end
-    return tostring(e)
-end
+local errtext = require("sibyl.agent").errtext
 
 
 local function quote_ident(name)
