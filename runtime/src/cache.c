@@ -40,14 +40,15 @@ enum { SB_CV_NONE = 0, SB_CV_NUMBER, SB_CV_STRING, SB_CV_TRUE, SB_CV_FALSE, SB_C
 #define ENTRY_OVERHEAD 64          /* bytes counted per entry besides key and value */
 #define SERIAL_MAX_DEPTH 100
 
+/* 48 bytes before the key, so a lookup usually reads one cache line: the
+ * fields a hit needs, then the key (the hash lives in the slot). */
 typedef struct sb_centry {
-    struct sb_centry *prev, *next;  /* LRU: head = most recent */
-    uint64_t hash;
-    uint64_t stamp;                 /* c->moves when last moved to the front */
     double expires;                 /* 0 = never */
     double num;
-    size_t klen, vlen;
+    uint32_t klen, vlen;
+    uint32_t stamp;                 /* c->moves (low 32 bits) when last moved to the front */
     int type;
+    struct sb_centry *prev, *next;  /* LRU: head = most recent */
     char data[];                    /* key bytes, then value bytes */
 } sb_centry;
 
@@ -64,7 +65,7 @@ typedef struct sb_cache {
     size_t max_entries, max_bytes;  /* 0 = unlimited */
     double ttl;                     /* default TTL, 0 = none */
     sb_centry *head, *tail;
-    uint64_t moves;                 /* moves to the front so far */
+    uint32_t moves;                 /* moves to the front so far (wraps; compared modulo 2^32) */
     double probes;                  /* slots looked at beyond the first */
     double hits, misses, sets, evictions, expirations;
     int closed;
@@ -237,7 +238,7 @@ static void drop(sb_cache *c, size_t i)
 static void drop_entry(sb_cache *c, sb_centry *e)
 {
     int found;
-    size_t i = find(c, e->hash, e->data, e->klen, &found);
+    size_t i = find(c, hash_key(e->data, e->klen), e->data, e->klen, &found);
     drop(c, i);
 }
 
@@ -290,7 +291,7 @@ int sb_cache_get(sb_cache *c, const char *k, size_t kl, sb_cache_val *out)
     /* An entry moved to the front within the last count/4 moves is still in
      * the front quarter of the list, far from eviction: leave it there and
      * save the relinking (three cache lines). Small caches stay exact. */
-    if (c->head != e && c->moves - e->stamp > c->count / 4) {
+    if (c->head != e && (size_t)(uint32_t)(c->moves - e->stamp) > c->count / 4) {
         lru_unlink(c, e);
         lru_push_front(c, e);
     }
@@ -311,6 +312,8 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
         return 0;
     if (type != SB_CV_STRING && type != SB_CV_TABLE)
         vl = 0;
+    if (kl > UINT32_MAX || vl > UINT32_MAX)
+        return 0;                   /* over 4 GiB: never cached */
     size_t need = ENTRY_OVERHEAD + kl + vl;
     uint64_t h = hash_key(k, kl);
     int found;
@@ -339,14 +342,13 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
         e = malloc(sizeof *e + kl + vl);
         if (e == NULL)
             return -1;
-        e->hash = h;
-        e->klen = kl;
+        e->klen = (uint32_t)kl;
         memcpy(e->data, k, kl);
         c->slots[i].hash = h;
         c->slots[i].e = e;
         c->count++;
     }
-    e->vlen = vl;
+    e->vlen = (uint32_t)vl;
     e->type = type;
     e->num = num;
     if (vl)
