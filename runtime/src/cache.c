@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "sb.h"
+#include "sb_hash.h"
 
 /* Value types, shared with stdlib/sibyl/cache/init.lua. */
 enum { SB_CV_NONE = 0, SB_CV_NUMBER, SB_CV_STRING, SB_CV_TRUE, SB_CV_FALSE, SB_CV_NULL, SB_CV_TABLE };
@@ -87,32 +88,9 @@ static double now_coarse(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* 8 bytes at a time: keys are short and hashed on every call. */
-static uint64_t hash_seeded(const char *k, size_t n, uint64_t seed)
-{
-    uint64_t h = seed ^ n;
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, k, 8);
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 31;
-        k += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;                 /* the tail, by shifts: no store-forwarding stall */
-    for (size_t i = 0; i < n; i++)
-        w |= (uint64_t)(unsigned char)k[i] << (8 * i);
-    h ^= w;
-    h ^= h >> 30;                   /* splitmix64's finaliser */
-    h *= 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 27;
-    h *= 0x94D049BB133111EBULL;
-    return h ^ (h >> 31);
-}
-
 static uint64_t hash_key(const char *k, size_t n)
 {
-    return hash_seeded(k, n, 0x9E3779B97F4A7C15ULL);
+    return sb_hash64(k, n, SB_HASH_SEED);
 }
 
 /* Key equality without a libc call for the usual short keys. */
@@ -570,7 +548,7 @@ static int l_digest(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    uint64_t a = hash_seeded(s, n, 0x9E3779B97F4A7C15ULL), b = hash_seeded(s, n, 0xD6E8FEB86659FD93ULL);
+    uint64_t a = sb_hash64(s, n, SB_HASH_SEED), b = sb_hash64(s, n, 0xD6E8FEB86659FD93ULL);
     char out[33];
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < 16; i++) {

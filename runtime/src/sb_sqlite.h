@@ -1,8 +1,9 @@
 /*
- * sb_sqlite.h -- the three parts of `sibyl.sqlite`, for each other only:
+ * sb_sqlite.h -- the four parts of `sibyl.sqlite`, for each other only:
  *   sqlite_engine.c  the worker half (below: engine)
  *   sqlite_queue.c   per-connection job queue, transaction lock, cancellation
  *   sqlite.c         the Lua binding
+ *   sqlite_values.c  the binding's conversions: params in, rows out, options
  *
  * The engine is plain C with no Lua: it opens and configures a connection,
  * keeps the prepared-statement cache, binds parameters, steps statements
@@ -281,5 +282,33 @@ void sb_sq_conn_close(sq_conn *c);
 int sb_sq_active_cursors(sq_conn *c);
 /* The cancel hook of every sqlite op (sb.h: cancel_fn). */
 void sb_sq_cancel_job(void *data);
+
+/* ---------------------------------------- conversions (sqlite_values.c) */
+
+/* Push rows [first, first+count) of r as an array of tables keyed by column
+ * name, with .columns; int64_str: integers beyond 2^53 as decimal strings.
+ * Returns 0, or -1 when the stack cannot grow. */
+int sb_sq_push_rows(lua_State *co, const sq_rows *r, size_t first, size_t count, int int64_str);
+/* Read params at idx (nil, or a table: integer keys for ? / ?N, string keys
+ * for :name / @name / $name) into p. Returns 0, or -1 with a message in err
+ * (the caller frees p and raises). Raises only when out of memory. */
+int sb_sq_read_params(lua_State *L, int idx, sq_params *p, char *err, size_t errlen);
+/* The options table at idx (0 when absent); raises when it is not a table. */
+int sb_sq_opts_index(lua_State *L, int idx, const char *fn);
+/* Raise when the options table at idx has a key outside `known` (NULL-ended). */
+void sb_sq_check_known(lua_State *L, int idx, const char *const known[], const char *fn);
+/* Options of the table at idx (0: none, giving def), raising with fn's name
+ * on a value of the wrong type; numbers must be integers in lo..hi. */
+int sb_sq_opt_bool(lua_State *L, int idx, const char *k, int def, const char *fn);
+lua_Number sb_sq_opt_num(lua_State *L, int idx, const char *k, lua_Number def, lua_Number lo,
+                         lua_Number hi, const char *fn);
+/* The int64 option: 1 for "string", 0 for "number". */
+int sb_sq_opt_int64(lua_State *L, int idx, int def, const char *fn);
+/* core.blob(s) -> a wrapper that binds s as a BLOB. */
+int sb_sq_l_blob(lua_State *L);
+/* core._set_cdata_converter(fn): fn(cdata) -> bytes | decimal, is_int64. */
+int sb_sq_l_set_conv(lua_State *L);
+/* Create the blob wrappers' metatable and leave it on the stack. */
+void sb_sq_new_blob_meta(lua_State *L);
 
 #endif /* SB_SQLITE_H */

@@ -2,11 +2,12 @@
  * sqlite.c -- `sibyl.sqlite.core`: SQLite connections whose queries run on
  * the worker pool. stdlib/sibyl/sqlite.lua re-exports it as `sibyl.sqlite`
  * and adds db:each(), db:transaction() and sqlite.blob(). This file is the
- * Lua binding: it checks arguments, converts SQL and parameters into jobs,
- * parks the task and pushes results. The job queue, the transaction lock
- * and cancellation are in sqlite_queue.c; the worker half (open, cache,
- * bind, step, read-only enforcement) in sqlite_engine.c. doc/sqlite.md is
- * the reference.
+ * Lua binding: it checks arguments, turns SQL and parameters into jobs,
+ * parks the task and pushes results or errors. Converting parameters,
+ * result rows and options (and the blob wrapper) is sqlite_values.c; the
+ * job queue, the transaction lock and cancellation are in sqlite_queue.c;
+ * the worker half (open, cache, bind, step, read-only enforcement) in
+ * sqlite_engine.c. doc/sqlite.md is the reference.
  *
  *   local db, err = core.open(path, {readonly=, wal=, busy_timeout=, cache_size=,
  *                                    create=, max_rows=, int64=, batch=})
@@ -21,8 +22,6 @@
  * Expected failures return nil, err (kinds sqlite, readonly, io, too_large,
  * closed); misuse (bad options, unbindable values) raises.
  */
-#include <assert.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,10 +36,8 @@
 #define DEFAULT_CACHE_SIZE 64           /* prepared statements kept per connection */
 #define DEFAULT_MAX_ROWS 100000         /* rows one query may return */
 #define DEFAULT_BATCH 256               /* rows per worker hop in db:each */
-#define MAX_PARAMS 32766                /* highest positional parameter index */
-#define SQ_TCDATA 10                    /* lua_type() of LuaJIT FFI cdata */
 
-static char db_key, cursor_key, blob_key, conv_key;
+static char db_key, cursor_key;
 
 typedef struct {
     sq_conn *c;                 /* NULL once closed */
@@ -51,64 +48,6 @@ typedef struct {
 } cursor_ud;
 
 /* ============================================================ Lua: results */
-
-static void push_value(lua_State *co, const sq_val *v, const char *arena, int int64_str)
-{
-    switch (v->type) {
-    case SQV_INT:
-        if (int64_str && (v->u.i > (INT64_C(1) << 53) || v->u.i < -(INT64_C(1) << 53))) {
-            char buf[32];
-            snprintf(buf, sizeof buf, "%lld", (long long)v->u.i);
-            lua_pushstring(co, buf);
-        } else {
-            lua_pushnumber(co, (lua_Number)v->u.i);
-        }
-        break;
-    case SQV_FLOAT:
-        lua_pushnumber(co, v->u.d);
-        break;
-    case SQV_TEXT:
-    case SQV_BLOB:
-        lua_pushlstring(co, arena + v->u.off, v->len);
-        break;
-    default:
-        lua_pushnil(co);
-        break;
-    }
-}
-
-/* Push rows [first, first+count) as an array of tables keyed by column
- * name, with .columns. Returns 0, or -1 when the stack cannot grow. */
-static int push_rows(lua_State *co, const sq_rows *r, size_t first, size_t count, int int64_str)
-{
-    if (!lua_checkstack(co, r->ncols + 8))
-        return -1;
-    lua_createtable(co, count > INT32_MAX ? INT32_MAX : (int)count, 1);
-    int tidx = lua_gettop(co);
-    lua_createtable(co, r->ncols, 0);
-    for (int c = 0; c < r->ncols; c++) {
-        lua_pushstring(co, r->arena.p + r->col_off[c]);
-        lua_rawseti(co, -2, c + 1);
-    }
-    lua_setfield(co, tidx, "columns");
-    int names = lua_gettop(co) + 1;
-    for (int c = 0; c < r->ncols; c++)
-        lua_pushstring(co, r->arena.p + r->col_off[c]);
-    for (size_t i = 0; i < count; i++) {
-        const sq_val *row = r->vals + (first + i) * (size_t)r->ncols;
-        lua_createtable(co, 0, r->ncols);
-        for (int c = 0; c < r->ncols; c++) {
-            if (row[c].type == SQV_NULL)
-                continue;
-            lua_pushvalue(co, names + c);
-            push_value(co, &row[c], r->arena.p, int64_str);
-            lua_rawset(co, -3);
-        }
-        lua_rawseti(co, tidx, (int)(i + 1));
-    }
-    lua_settop(co, tidx);
-    return 0;
-}
 
 /* The SQL a message quotes, shortened. */
 static void sql_excerpt(const sq_job *j, char *buf, size_t size)
@@ -211,13 +150,13 @@ static int push_job(lua_State *co, void *data)
             push_db(co, j->c);
             break;
         case J_QUERY:
-            if (push_rows(co, &j->rows, 0, j->rows.nrows, j->int64_str) != 0)
+            if (sb_sq_push_rows(co, &j->rows, 0, j->rows.nrows, j->int64_str) != 0)
                 n = sb_fail(co, "too_large", "sqlite: the result has too many columns to return");
             break;
         case J_ROW:
             if (j->rows.nrows == 0) {
                 lua_pushnil(co);
-            } else if (push_rows(co, &j->rows, 0, 1, j->int64_str) != 0) {
+            } else if (sb_sq_push_rows(co, &j->rows, 0, 1, j->int64_str) != 0) {
                 n = sb_fail(co, "too_large", "sqlite: the result has too many columns to return");
             } else {
                 lua_rawgeti(co, -1, 1);
@@ -232,7 +171,7 @@ static int push_job(lua_State *co, void *data)
             lua_setfield(co, -2, "last_insert_id");
             break;
         case J_FETCH:
-            if (push_rows(co, &j->rows, 0, j->rows.nrows, j->int64_str) != 0) {
+            if (sb_sq_push_rows(co, &j->rows, 0, j->rows.nrows, j->int64_str) != 0) {
                 n = sb_fail(co, "too_large", "sqlite: the result has too many columns to return");
             } else {
                 lua_pushboolean(co, j->cur->eof);
@@ -248,275 +187,32 @@ static int push_job(lua_State *co, void *data)
     return n;
 }
 
-/* Queue a job and park the running task on it. */
-static int submit(lua_State *L, sq_job *j)
+/* Queue j on c and start it if c is idle (c is kept alive meanwhile). */
+static void queue_job(sq_conn *c, sq_job *j)
 {
-    sq_conn *c = j->c;
     sb_sq_conn_ref(c);
     sb_sq_enqueue(c, j);
     sb_sq_pump(c);
     sb_sq_conn_unref(c);
+}
+
+/* Queue a job and park the running task on it. */
+static int submit(lua_State *L, sq_job *j)
+{
+    queue_job(j->c, j);
     return sb_op_park(L, j->op);
 }
 
-/* ============================================================ Lua: params */
-
-/* Convert one Lua value at idx into v (strings into arena). Returns 0, or
- * -1 with a message in err. Never raises (except on out of memory). */
-static int to_val(lua_State *L, int idx, sq_val *v, sq_buf *arena, char *err, size_t errlen,
-                  const char *where)
+/* Raise msg prefixed with the caller's position (luaL_error without
+ * formatting: msg may hold any text). */
+static int raise_at(lua_State *L, const char *msg)
 {
-    size_t len;
-    const char *s;
-    memset(v, 0, sizeof *v);
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        return 0;
-    case LUA_TBOOLEAN:
-        v->type = SQV_INT;
-        v->u.i = lua_toboolean(L, idx);
-        return 0;
-    case LUA_TNUMBER: {
-        lua_Number d = lua_tonumber(L, idx);
-        if (d == floor(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0) {
-            v->type = SQV_INT;
-            v->u.i = (int64_t)d;
-        } else {
-            v->type = SQV_FLOAT;
-            v->u.d = d;
-        }
-        return 0;
-    }
-    case LUA_TSTRING:
-        s = lua_tolstring(L, idx, &len);
-        v->type = SQV_TEXT;
-        goto bytes;
-    case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL)
-            return 0;           /* json.null / sqlite.null */
-        break;
-    case LUA_TTABLE:
-        if (lua_getmetatable(L, idx)) {
-            sb_getmeta(L, &blob_key);
-            int isblob = lua_rawequal(L, -1, -2);
-            lua_pop(L, 2);
-            if (isblob) {
-                lua_rawgeti(L, idx, 1);
-                s = lua_tolstring(L, -1, &len);
-                lua_pop(L, 1);  /* the wrapper still holds the string */
-                if (s == NULL)
-                    break;
-                v->type = SQV_BLOB;
-                goto bytes;
-            }
-        }
-        break;
-    case SQ_TCDATA:
-        sb_getmeta(L, &conv_key);
-        lua_pushvalue(L, idx);
-        if (lua_pcall(L, 1, 2, 0) != 0) {
-            snprintf(err, errlen, "%s: %s", where, lua_tostring(L, -1));
-            lua_pop(L, 1);
-            return -1;
-        }
-        s = lua_tolstring(L, -2, &len);
-        if (s && lua_toboolean(L, -1)) {            /* an int64 cdata, as decimal text */
-            v->type = SQV_INT;
-            v->u.i = strtoll(s, NULL, 10);
-            lua_pop(L, 2);
-            return 0;
-        }
-        v->type = SQV_BLOB;
-        v->u.off = s ? sb_sq_buf_add(arena, s, len) : (size_t)-1;
-        v->len = len;
-        lua_pop(L, 2);
-        if (v->u.off == (size_t)-1) {
-            snprintf(err, errlen, "%s: out of memory", where);
-            return -1;
-        }
-        return 0;
-    default:
-        break;
-    }
-    snprintf(err, errlen, "%s: cannot bind a %s value; pass nil, a boolean, a number, a string, "
-             "sqlite.null or sqlite.blob(data)", where, luaL_typename(L, idx));
-    return -1;
-
-bytes:
-    v->len = len;
-    v->u.off = sb_sq_buf_add(arena, s, len);
-    if (v->u.off == (size_t)-1) {
-        snprintf(err, errlen, "%s: out of memory", where);
-        return -1;
-    }
-    return 0;
+    luaL_where(L, 1);
+    lua_pushstring(L, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
 }
 
-/*
- * Read params (nil, or a table: integer keys for ? / ?N, string keys for
- * :name / @name / $name) into p. Returns 0, or -1 with a message in err
- * (the caller frees p and raises).
- */
-static int read_params(lua_State *L, int idx, sq_params *p, char *err, size_t errlen)
-{
-    memset(p, 0, sizeof *p);
-    if (lua_isnoneornil(L, idx))
-        return 0;
-    if (!lua_istable(L, idx)) {
-        snprintf(err, errlen, "params must be a table (an array for ?, keys for :name), got %s",
-                 luaL_typename(L, idx));
-        return -1;
-    }
-    int maxpos = 0, nnamed = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            lua_Number k = lua_tonumber(L, -1);
-            if (k != floor(k) || k < 1 || k > MAX_PARAMS) {
-                lua_pop(L, 1);
-                snprintf(err, errlen, "params: key %.14g is not a parameter index (1..%d)", k,
-                         MAX_PARAMS);
-                return -1;
-            }
-            if ((int)k > maxpos)
-                maxpos = (int)k;
-        } else if (lua_type(L, -1) == LUA_TSTRING) {
-            nnamed++;
-        } else {
-            snprintf(err, errlen, "params: keys must be integers or names, got a %s key",
-                     luaL_typename(L, -1));
-            lua_pop(L, 1);
-            return -1;
-        }
-    }
-    if ((maxpos && (p->pos = calloc((size_t)maxpos, sizeof *p->pos)) == NULL)
-        || (nnamed && ((p->named = calloc((size_t)nnamed, sizeof *p->named)) == NULL
-                       || (p->name_off = calloc((size_t)nnamed, sizeof *p->name_off)) == NULL))) {
-        snprintf(err, errlen, "params: out of memory");
-        return -1;
-    }
-    p->npos = maxpos;
-    char where[96];
-    for (int i = 1; i <= maxpos; i++) {
-        lua_rawgeti(L, idx, i);
-        snprintf(where, sizeof where, "params[%d]", i);
-        int rc = to_val(L, lua_gettop(L), &p->pos[i - 1], &p->arena, err, errlen, where);
-        lua_pop(L, 1);
-        if (rc != 0)
-            return -1;
-    }
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            size_t len;
-            const char *name = lua_tolstring(L, -2, &len);
-            snprintf(where, sizeof where, "params.%.80s", name);
-            sq_val *v = &p->named[p->nnamed];
-            if (to_val(L, lua_gettop(L), v, &p->arena, err, errlen, where) != 0) {
-                lua_pop(L, 2);
-                return -1;
-            }
-            size_t off = sb_sq_buf_add(&p->arena, name, len);
-            if (off == (size_t)-1) {
-                lua_pop(L, 2);
-                snprintf(err, errlen, "params: out of memory");
-                return -1;
-            }
-            p->name_off[p->nnamed++] = off;
-        }
-        lua_pop(L, 1);
-    }
-    return 0;
-}
-
-/* =========================================================== Lua: options */
-
-/* Raise when the options table at idx has a key outside `known`. */
-static void check_known(lua_State *L, int idx, const char *const known[], const char *fn)
-{
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *k = known; *k && !ok; k++)
-                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
-        if (!ok) {
-            luaL_Buffer b;
-            luaL_buffinit(L, &b);
-            for (const char *const *k = known; *k; k++) {
-                luaL_addstring(&b, *k);
-                if (k[1])
-                    luaL_addstring(&b, ", ");
-            }
-            luaL_pushresult(&b);
-            luaL_error(L, "%s: unknown option '%s' (known: %s)", fn,
-                       lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : luaL_typename(L, -2),
-                       lua_tostring(L, -1));
-        }
-    }
-}
-
-static int opt_bool(lua_State *L, int idx, const char *k, int def, const char *fn)
-{
-    if (idx == 0)
-        return def;
-    lua_getfield(L, idx, k);
-    int v = def;
-    if (lua_isboolean(L, -1))
-        v = lua_toboolean(L, -1);
-    else if (!lua_isnil(L, -1))
-        luaL_error(L, "%s: option '%s' must be a boolean, got %s", fn, k, luaL_typename(L, -1));
-    lua_pop(L, 1);
-    return v;
-}
-
-static lua_Number opt_num(lua_State *L, int idx, const char *k, lua_Number def, lua_Number lo,
-                          lua_Number hi, const char *fn)
-{
-    if (idx == 0)
-        return def;
-    lua_getfield(L, idx, k);
-    lua_Number v = def;
-    if (lua_type(L, -1) == LUA_TNUMBER) {
-        v = lua_tonumber(L, -1);
-        if (!(v >= lo && v <= hi) || v != floor(v))
-            luaL_error(L, "%s: option '%s' must be an integer from %.0f to %.0f, got %.14g", fn, k,
-                       lo, hi, v);
-    } else if (!lua_isnil(L, -1)) {
-        luaL_error(L, "%s: option '%s' must be a number, got %s", fn, k, luaL_typename(L, -1));
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-static int opt_int64(lua_State *L, int idx, int def, const char *fn)
-{
-    if (idx == 0)
-        return def;
-    lua_getfield(L, idx, "int64");
-    int v = def;
-    if (!lua_isnil(L, -1)) {
-        const char *s = lua_tostring(L, -1);
-        if (lua_type(L, -1) != LUA_TSTRING
-            || (strcmp(s, "number") != 0 && strcmp(s, "string") != 0))
-            luaL_error(L, "%s: option 'int64' must be \"number\" or \"string\"", fn);
-        v = strcmp(s, "string") == 0;
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-/* The options table at idx (0 when absent); raises when it is not a table. */
-static int opts_index(lua_State *L, int idx, const char *fn)
-{
-    if (lua_isnoneornil(L, idx))
-        return 0;
-    if (!lua_istable(L, idx))
-        luaL_error(L, "%s: options must be a table, got %s", fn, luaL_typename(L, idx));
-    return idx;
-}
 
 /* ============================================================== Lua: db */
 
@@ -536,19 +232,20 @@ static int l_open(lua_State *L)
     static const char *const known[] = {"readonly", "wal", "busy_timeout", "cache_size", "create",
                                         "max_rows", "int64", "batch", NULL};
     const char *path = luaL_checkstring(L, 1);
-    int o = opts_index(L, 2, "sqlite.open");
+    int o = sb_sq_opts_index(L, 2, "sqlite.open");
     if (o)
-        check_known(L, o, known, "sqlite.open");
+        sb_sq_check_known(L, o, known, "sqlite.open");
     sq_open_cfg cfg;
-    cfg.readonly = opt_bool(L, o, "readonly", 0, "sqlite.open");
-    cfg.wal = opt_bool(L, o, "wal", 1, "sqlite.open");
-    cfg.create = opt_bool(L, o, "create", 1, "sqlite.open");
-    cfg.busy_timeout_ms = (int)opt_num(L, o, "busy_timeout", DEFAULT_BUSY_TIMEOUT, 0, 86400000,
-                                       "sqlite.open");
-    cfg.cache_size = (int)opt_num(L, o, "cache_size", DEFAULT_CACHE_SIZE, 0, 10000, "sqlite.open");
-    int max_rows = (int)opt_num(L, o, "max_rows", DEFAULT_MAX_ROWS, 1, 1e9, "sqlite.open");
-    int batch = (int)opt_num(L, o, "batch", DEFAULT_BATCH, 1, 1e6, "sqlite.open");
-    int int64_str = opt_int64(L, o, 0, "sqlite.open");
+    cfg.readonly = sb_sq_opt_bool(L, o, "readonly", 0, "sqlite.open");
+    cfg.wal = sb_sq_opt_bool(L, o, "wal", 1, "sqlite.open");
+    cfg.create = sb_sq_opt_bool(L, o, "create", 1, "sqlite.open");
+    cfg.busy_timeout_ms = (int)sb_sq_opt_num(L, o, "busy_timeout", DEFAULT_BUSY_TIMEOUT, 0,
+                                             86400000, "sqlite.open");
+    cfg.cache_size = (int)sb_sq_opt_num(L, o, "cache_size", DEFAULT_CACHE_SIZE, 0, 10000,
+                                        "sqlite.open");
+    int max_rows = (int)sb_sq_opt_num(L, o, "max_rows", DEFAULT_MAX_ROWS, 1, 1e9, "sqlite.open");
+    int batch = (int)sb_sq_opt_num(L, o, "batch", DEFAULT_BATCH, 1, 1e6, "sqlite.open");
+    int int64_str = sb_sq_opt_int64(L, o, 0, "sqlite.open");
 
     sibyl_rt *rt = sb_rt(L);
     sb_op *op = sb_op_new(L, sizeof(sq_op_data), push_job, sb_sq_cancel_job);
@@ -601,7 +298,7 @@ static int start_statement(lua_State *L, sq_conn *c, int kind, int pidx, size_t 
     }
     memcpy(j->sql, sql, len + 1);
     j->sql_len = len;
-    if (pidx && read_params(L, pidx, &j->params, err, sizeof err) != 0)
+    if (pidx && sb_sq_read_params(L, pidx, &j->params, err, sizeof err) != 0)
         goto fail;
     j->limit = limit;
     j->int64_str = int64_str;
@@ -612,10 +309,7 @@ static int start_statement(lua_State *L, sq_conn *c, int kind, int pidx, size_t 
 fail:
     sb_sq_job_free(j);
     sb_op_abort(op);
-    luaL_where(L, 1);
-    lua_pushstring(L, err);
-    lua_concat(L, 2);
-    return lua_error(L);
+    return raise_at(L, err);
 }
 
 static const char *const query_opts[] = {"max_rows", "int64", NULL};
@@ -635,11 +329,12 @@ static int l_query(lua_State *L)
 {
     sq_conn *c = check_db(L);
     luaL_checkstring(L, 2);
-    int o = opts_index(L, 4, "db:query");
+    int o = sb_sq_opts_index(L, 4, "db:query");
     if (o)
-        check_known(L, o, query_opts, "db:query");
-    size_t max_rows = (size_t)opt_num(L, o, "max_rows", c ? c->max_rows : 1, 1, 1e9, "db:query");
-    int int64_str = opt_int64(L, o, c ? c->int64_str : 0, "db:query");
+        sb_sq_check_known(L, o, query_opts, "db:query");
+    size_t max_rows = (size_t)sb_sq_opt_num(L, o, "max_rows", c ? c->max_rows : 1, 1, 1e9,
+                                            "db:query");
+    int int64_str = sb_sq_opt_int64(L, o, c ? c->int64_str : 0, "db:query");
     if (c == NULL || c->closed)
         return fail_closed(L);
     return start_statement(L, c, J_QUERY, lua_isnoneornil(L, 3) ? 0 : 3, max_rows, int64_str);
@@ -649,10 +344,10 @@ static int l_row(lua_State *L)
 {
     sq_conn *c = check_db(L);
     luaL_checkstring(L, 2);
-    int o = opts_index(L, 4, "db:row");
+    int o = sb_sq_opts_index(L, 4, "db:row");
     if (o)
-        check_known(L, o, query_opts + 1, "db:row");
-    int int64_str = opt_int64(L, o, c ? c->int64_str : 0, "db:row");
+        sb_sq_check_known(L, o, query_opts + 1, "db:row");
+    int int64_str = sb_sq_opt_int64(L, o, c ? c->int64_str : 0, "db:row");
     if (c == NULL || c->closed)
         return fail_closed(L);
     return start_statement(L, c, J_ROW, lua_isnoneornil(L, 3) ? 0 : 3, 1, int64_str);
@@ -810,11 +505,12 @@ static int l_cursor(lua_State *L)
     sq_conn *c = check_db(L);
     size_t len;
     const char *sql = luaL_checklstring(L, 2, &len);
-    int o = opts_index(L, 4, "db:each");
+    int o = sb_sq_opts_index(L, 4, "db:each");
     if (o)
-        check_known(L, o, known, "db:each");
-    size_t batch = (size_t)opt_num(L, o, "batch", c ? (lua_Number)c->batch : 1, 1, 1e6, "db:each");
-    int int64_str = opt_int64(L, o, c ? c->int64_str : 0, "db:each");
+        sb_sq_check_known(L, o, known, "db:each");
+    size_t batch = (size_t)sb_sq_opt_num(L, o, "batch", c ? (lua_Number)c->batch : 1, 1, 1e6,
+                                         "db:each");
+    int int64_str = sb_sq_opt_int64(L, o, c ? c->int64_str : 0, "db:each");
     if (c == NULL || c->closed)
         return fail_closed(L);
     cursor_ud *u = lua_newuserdata(L, sizeof *u);
@@ -829,14 +525,11 @@ static int l_cursor(lua_State *L)
     }
     memcpy(cur->sql, sql, len + 1);
     cur->sql_len = len;
-    if (read_params(L, 3, &cur->params, err, sizeof err) != 0) {
+    if (sb_sq_read_params(L, 3, &cur->params, err, sizeof err) != 0) {
         sb_sq_params_free(&cur->params);
         free(cur->sql);
         free(cur);
-        luaL_where(L, 1);
-        lua_pushstring(L, err);
-        lua_concat(L, 2);
-        return lua_error(L);
+        return raise_at(L, err);
     }
     cur->batch = batch;
     cur->int64_str = int64_str;
@@ -906,10 +599,7 @@ static int l_cursor_close(lua_State *L)
                 j->cur = cur;
                 cur->refs++;
                 cur->busy = 1;
-                sb_sq_conn_ref(c);
-                sb_sq_enqueue(c, j);
-                sb_sq_pump(c);
-                sb_sq_conn_unref(c);
+                queue_job(c, j);
             }
         }
         sb_sq_cursor_unref(cur);
@@ -928,35 +618,6 @@ static int l_cursor_tostring(lua_State *L)
 
 /* ============================================================ Lua: module */
 
-/* core.blob(s) -> a wrapper that binds s as a BLOB. */
-static int l_blob(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    lua_createtable(L, 1, 0);
-    lua_pushlstring(L, s, len);
-    lua_rawseti(L, -2, 1);
-    sb_getmeta(L, &blob_key);
-    lua_setmetatable(L, -2);
-    return 1;
-}
-
-static int l_blob_tostring(lua_State *L)
-{
-    lua_rawgeti(L, 1, 1);
-    lua_pushfstring(L, "sibyl.sqlite.blob (%d bytes)", (int)lua_objlen(L, -1));
-    return 1;
-}
-
-/* core._set_cdata_converter(fn): fn(cdata) -> bytes | decimal, is_int64. */
-static int l_set_conv(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_pushlightuserdata(L, &conv_key);
-    lua_pushvalue(L, 1);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-    return 0;
-}
 
 static int l_version(lua_State *L)
 {
@@ -990,9 +651,9 @@ static const luaL_Reg cursor_methods[] = {
 
 static const luaL_Reg funcs[] = {
     {"open", l_open},
-    {"blob", l_blob},
+    {"blob", sb_sq_l_blob},
     {"sqlite_version", l_version},
-    {"_set_cdata_converter", l_set_conv},
+    {"_set_cdata_converter", sb_sq_l_set_conv},
     {NULL, NULL}
 };
 
@@ -1008,11 +669,7 @@ int luaopen_sibyl_sqlite_core(lua_State *L)
     sb_newmeta(L, &cursor_key, CURSOR_NAME);
     luaL_setfuncs(L, cursor_methods, 0);
     lua_setfield(L, -2, "_cursor_mt");
-    sb_newmeta(L, &blob_key, "sibyl.sqlite.blob");
-    lua_pushcfunction(L, l_blob_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "__index");         /* a plain table: blob[1] is the data */
+    sb_sq_new_blob_meta(L);
     lua_setfield(L, -2, "_blob_mt");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");

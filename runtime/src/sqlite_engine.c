@@ -2,7 +2,8 @@
  * sqlite_engine.c -- the worker-thread half of `sibyl.sqlite`: opening and
  * configuring a connection, the prepared-statement cache, binding, stepping
  * rows into buffers, scripts, and read-only enforcement. No Lua here; the
- * binding and the per-connection job queue live in sqlite.c.
+ * binding is in sqlite.c and sqlite_values.c, the per-connection job queue
+ * in sqlite_queue.c.
  *
  * Threading: a connection is opened with SQLITE_OPEN_NOMUTEX (SQLite's
  * multi-thread mode). That is safe because sqlite.c runs at most one job per
@@ -30,6 +31,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "sb_hash.h"
 #include "sb_sqlite.h"
 
 /* ---------------------------------------------------------------- buffers */
@@ -470,16 +472,6 @@ void sb_sq_eng_close(sq_engine *e)
 
 /* ------------------------------------------------------------ statements */
 
-static uint32_t fnv1a(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 /* Finalize least recently used statements nobody holds until the cache
  * fits its capacity. */
 static void evict(sq_engine *e)
@@ -520,7 +512,7 @@ static int rest_is_empty(sq_engine *e, const char *p, const char *end)
 
 sq_stmt *sb_sq_eng_prepare(sq_engine *e, const char *sql, size_t len, int *hit, sq_err *err)
 {
-    uint32_t h = fnv1a(sql, len);
+    uint32_t h = (uint32_t)sb_hash64(sql, len, SB_HASH_SEED);
     *hit = 0;
     for (sq_stmt *s = e->mru; s; s = s->next) {
         if (!s->in_use && s->hash == h && s->len == len && memcmp(s->sql, sql, len) == 0) {

@@ -67,18 +67,21 @@ end
 
 -- ------------------------------------------------------------- helpers
 
+-- Copies (nil gives an empty table); shared with sibyl/agent/self_healing.lua.
 local function shallow_copy(t)
     local c = {}
-    for k, v in pairs(t) do c[k] = v end
+    for k, v in pairs(t or {}) do c[k] = v end
     return c
 end
+_M.shallow_copy = shallow_copy
 
 
 local function list_copy(t)
     local c = {}
-    for i = 1, #t do c[i] = t[i] end
+    for i = 1, #(t or {}) do c[i] = t[i] end
     return c
 end
+_M.list_copy = list_copy
 
 
 --- The message of an error object (or anything else as text): what agents

@@ -23,8 +23,8 @@ local sibyl = require "sibyl"
 local type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall =
     type, pairs, ipairs, tostring, setmetatable, rawget, error, pcall
 local concat, sort = table.concat, table.sort
-local lower, format, find, gmatch, match, sub = string.lower, string.format, string.find,
-    string.gmatch, string.match, string.sub
+local lower, format, find, gmatch, match, sub, gsub, char = string.lower, string.format, string.find,
+    string.gmatch, string.match, string.sub, string.gsub, string.char
 local escape = core.escape
 
 local _M = { _VERSION = "0.1.0" }
@@ -430,6 +430,18 @@ function _M.sse(opts)
         _qi = 1,
         _qn = 0,
     }, sse_stream)
+end
+
+
+--- Percent-encode s (RFC 3986: unreserved characters stay).
+_M.escape = escape
+
+
+--- Decode %XX escapes in s; with plus, "+" becomes a space first (query
+-- strings and forms).
+function _M.unescape(s, plus)
+    if plus then s = gsub(s, "+", " ") end
+    return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
 end
 
 

@@ -53,9 +53,7 @@ local known = {
 }
 
 
-local function unescape(s)
-    return (gsub(s, "%%(%x%x)", function(h) return char(tonumber(h, 16)) end))
-end
+local unescape = require("sibyl.http").unescape
 
 
 --- redis.parse_url("redis://[[user]:password@]host[:port][/db]") -> opts

@@ -54,10 +54,7 @@ end
 
 
 -- Percent-decoding; in query strings "+" also means a space (not in paths).
-local function unescape(s, plus)
-    if plus then s = gsub(s, "+", " ") end
-    return (gsub(s, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unescape = require("sibyl.http").unescape
 
 
 local function parse_query(qs)

@@ -56,21 +56,8 @@ _M.defaults = {
 
 -- ------------------------------------------------------------- helpers
 
-local function list_copy(t)
-    local c = {}
-    for i = 1, #(t or {}) do c[i] = t[i] end
-    return c
-end
-
-
-local function shallow_copy(t)
-    local c = {}
-    for k, v in pairs(t or {}) do c[k] = v end
-    return c
-end
-
-
-local errtext = require("sibyl.agent").errtext
+local agent_mod = require "sibyl.agent"
+local errtext, list_copy, shallow_copy = agent_mod.errtext, agent_mod.list_copy, agent_mod.shallow_copy
 
 
 local function content_text(c)

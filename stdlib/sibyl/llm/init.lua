@@ -10,25 +10,32 @@
 -- Providers come from llm.configure{...} (a table or a YAML file), else
 -- from the environment (OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY,
 -- ANTHROPIC_BASE_URL, SIBYL_PROVIDER, SIBYL_MODEL, SIBYL_LLM_CONFIG).
--- Wire formats live in sibyl/llm/openai.lua and anthropic.lua; the scripted
--- test provider in sibyl/llm/mock.lua. See doc/llm.md.
+-- This file holds clients, the retry/rotation loop, chat and structured
+-- output. Beside it: config.lua (configure, environment, provider),
+-- errors.lua (error kinds, Retry-After), usage.lua (prices, totals,
+-- meters), embed.lua (embeddings); the wire formats in openai.lua and
+-- anthropic.lua; the scripted test provider in mock.lua. See doc/llm.md.
 
 local sibyl = require "sibyl"
 local http = require "sibyl.http"
 local json = require "sibyl.json"
 local keys = require "sibyl.keys"
-local ffi = require "ffi"
-local bit = require "bit"
+local errors = require "sibyl.llm.errors"
+local usage = require "sibyl.llm.usage"
+local config = require "sibyl.llm.config"
+local embed = require "sibyl.llm.embed"
 
-local type, pairs, ipairs, tostring, tonumber, setmetatable, error, select =
-    type, pairs, ipairs, tostring, tonumber, setmetatable, error, select
-local format, find, sub, match, lower, byte, gsub =
-    string.format, string.find, string.sub, string.match, string.lower, string.byte, string.gsub
-local floor, min, max, random, huge = math.floor, math.min, math.max, math.random, math.huge
-local concat = table.concat
+local type, pairs, ipairs, tostring, setmetatable, error =
+    type, pairs, ipairs, tostring, setmetatable, error
+local format, find, sub, match, byte, gsub =
+    string.format, string.find, string.sub, string.match, string.byte, string.gsub
+local floor, min, random = math.floor, math.min, math.random
 local getenv = os.getenv
-local sleep, now, time_left, context, mkerror = sibyl.sleep, sibyl.now, sibyl.time_left, sibyl.context, sibyl.error
+local sleep, time_left, mkerror = sibyl.sleep, sibyl.time_left, sibyl.error
 local json_decode = json.decode
+local transient, http_error, stream_error, transport_error, HINTS =
+    errors.transient, errors.http_error, errors.stream_error, errors.transport_error, errors.HINTS
+local account = usage.account
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -53,217 +60,10 @@ _M.defaults = {
     concurrency = 4,            -- embedding requests in flight
 }
 
--- Kinds a retry may cure. "http" only for 5xx, 408, 409 and no status.
-local TRANSIENT = { rate_limited = true, timeout = true, connect = true, http = true }
-
-local function transient(err)
-    if not TRANSIENT[err.kind] then return false end
-    if err.kind == "rate_limited" then return not err.quota end
-    if err.kind == "http" then
-        local s = err.status
-        return s == nil or s >= 500 or s == 408 or s == 409
-    end
-    return true
-end
-
 
 -- ------------------------------------------------------------- helpers
 
-local function merge(base, over)
-    local t = {}
-    for k, v in pairs(base) do t[k] = v end
-    if over then
-        for k, v in pairs(over) do t[k] = v end
-    end
-    return t
-end
-
-
--- Seconds to wait from rate-limit headers, or nil.
-local function parse_duration(s)
-    -- "1s", "6m0s", "20ms", "1h2m3.5s"
-    local total, seen = 0, false
-    for num, unit in string.gmatch(s, "([%d.]+)(%a+)") do
-        local n = tonumber(num)
-        if not n then return nil end
-        local mult = (unit == "ms" and 0.001) or (unit == "s" and 1) or (unit == "m" and 60) or (unit == "h" and 3600)
-        if not mult then return nil end
-        total, seen = total + n * mult, true
-    end
-    return seen and total or nil
-end
-
-local MONTHS = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10, Nov = 11, Dec = 12 }
-
-local function retry_after(h)
-    local ms = tonumber(h["retry-after-ms"])
-    if ms then return ms / 1000 end
-    local ra = h["retry-after"]
-    if ra then
-        local n = tonumber(ra)
-        if n then return n end
-        local d, mon, y, hh, mm, ss = match(ra, "%a+, (%d+) (%a+) (%d+) (%d+):(%d+):(%d+) GMT")
-        if d and MONTHS[mon] then
-            local t = os.time{ year = tonumber(y), month = MONTHS[mon], day = tonumber(d),
-                               hour = tonumber(hh), min = tonumber(mm), sec = tonumber(ss), isdst = false }
-            local utc_offset = os.time(os.date("!*t", 0)) - os.time(os.date("*t", 0))
-            return max(0, t - utc_offset - os.time())
-        end
-    end
-    local reset = h["x-ratelimit-reset-requests"] or h["x-ratelimit-reset-tokens"]
-    return reset and parse_duration(reset) or nil
-end
-_M._retry_after = retry_after
-
-
-local CONTEXT_WORDS = { "context length", "context_length", "maximum context", "context window",
-                        "too many tokens", "prompt is too long", "input is too long", "reduce the length" }
-
-local function is_context(msg, code)
-    if code == "context_length_exceeded" or code == "string_above_max_length" then return true end
-    local m = lower(msg or "")
-    for _, w in ipairs(CONTEXT_WORDS) do
-        if find(m, w, 1, true) then return true end
-    end
-    return false
-end
-
-local HINTS = {
-    rate_limited = "wait, add API keys (api_keys), or lower the request rate (rpm/tpm)",
-    auth = "check the provider's API key",
-    context_length = "shorten the messages or choose a model with a larger context",
-    content_filter = "the provider refused the content; rephrase the request",
-}
-
-
--- A 4xx/5xx reply -> error object of the right kind. Keys the server echoed
--- are redacted in the body (kept as err.body) before anything is taken from
--- it, so a 200-byte excerpt cannot cut a key in half and escape redaction.
-local function http_error(p, status, body, headers, url)
-    if p.ring and type(body) == "string" then body = p.ring:redact(body) end
-    local data = type(body) == "string" and json_decode(body) or nil
-    local msg, code, etype = p.dialect.error_info(data)
-    if not msg or msg == "" then
-        msg = body and sub(body, 1, 200) or ""
-    end
-    msg = gsub(tostring(msg), "[%.%s]+$", "")
-    local kind = "http"
-    local fields = { status = status, body = body, code = code, type = etype, provider = p.name }
-    if status == 429 then
-        kind = "rate_limited"
-        fields.retry_after = headers and retry_after(headers)
-        if code == "insufficient_quota" or etype == "insufficient_quota" then fields.quota = true end
-    elseif status == 401 or status == 403 then
-        kind = "auth"
-    elseif (status == 400 or status == 413) and is_context(msg, code) then
-        kind = "context_length"
-    elseif status == 400 and (code == "content_filter" or code == "content_policy_violation") then
-        kind = "content_filter"
-    end
-    local hint = HINTS[kind]
-    if p.ring and kind == "auth" then hint = hint .. " (" .. p.name .. ")" end
-    return mkerror(kind, format("%s: HTTP %d from %s: %s%s", p.name, status, url, msg,
-                                hint and ("; " .. hint) or ""), fields)
-end
-
-
--- An error event inside a stream -> error object.
-local function stream_error(p, eobj, msg, url)
-    local etype = type(eobj) == "table" and eobj.type or nil
-    local code = type(eobj) == "table" and eobj.code or nil
-    local kind, status = "http", nil
-    if etype == "overloaded_error" then status = 529
-    elseif etype == "rate_limit_error" or code == "rate_limit_exceeded" then kind = "rate_limited"
-    elseif etype == "authentication_error" then kind = "auth"
-    elseif etype == "server_error" or etype == "api_error" then status = 500 end
-    if p.ring then msg = p.ring:redact(msg) end
-    return mkerror(kind, format("%s: error event in the stream from %s: %s", p.name, url, msg),
-                   { status = status, type = etype, code = code, provider = p.name })
-end
-
-
--- A transport error from sibyl.http: keep its kind, name the provider.
-local function transport_error(p, err)
-    err.message = p.name .. ": " .. tostring(err.message)
-    err.provider = p.name
-    return err
-end
-
-
--- ------------------------------------------------------ usage and cost
-
-local totals = { calls = 0, input = 0, output = 0, cost = 0, by_model = {} }
-local prices = {}               -- model -> { input = $/1M tokens, output = $/1M tokens }
-
-local function add_usage(m, model, u)
-    m.calls = m.calls + 1
-    m.input = m.input + u.input
-    m.output = m.output + u.output
-    if u.cost then m.cost = m.cost + u.cost end
-    if model then
-        local bm = m.by_model[model]
-        if not bm then
-            bm = { calls = 0, input = 0, output = 0, cost = 0 }
-            m.by_model[model] = bm
-        end
-        bm.calls = bm.calls + 1
-        bm.input = bm.input + u.input
-        bm.output = bm.output + u.output
-        if u.cost then bm.cost = bm.cost + u.cost end
-    end
-end
-
-local function account(p, r, model)
-    local u = r.usage
-    if not u then
-        u = { input = 0, output = 0, total = 0 }
-        r.usage = u
-    end
-    local price = (p.prices and p.prices[model]) or prices[model]
-    if price then
-        u.cost = ((u.input or 0) * (price.input or 0) + (u.output or 0) * (price.output or 0)) / 1e6
-    end
-    add_usage(totals, model, u)
-    local ctx = context()
-    local meters = ctx and ctx.llm_meters
-    if meters then
-        for i = 1, #meters do add_usage(meters[i], model, u) end
-    end
-end
-_M._account = account
-
-
---- Usage totals of this runtime: {calls, input, output, cost, by_model}.
-function _M.usage()
-    return totals
-end
-
-
-local meter_methods = {}
-local meter_mt = { __index = meter_methods }
-
-function meter_mt.__tostring(m)
-    return format("sibyl.llm.meter (%d calls, %d in, %d out, $%.6f)", m.calls, m.input, m.output, m.cost)
-end
-
---- A usage meter: m:run(fn, ...) counts every call made in fn and in the
--- tasks it spawns (also into enclosing meters).
-function _M.meter()
-    return setmetatable({ calls = 0, input = 0, output = 0, cost = 0, by_model = {} }, meter_mt)
-end
-
-function meter_methods:run(fn, ...)
-    local ctx = context()
-    local meters = { self }
-    if ctx and ctx.llm_meters then
-        for _, m in ipairs(ctx.llm_meters) do meters[#meters + 1] = m end
-    end
-    return sibyl.with_context(setmetatable({ llm_meters = meters }, { __index = ctx }), fn, ...)
-end
-
-function meter_methods:reset()
-    self.calls, self.input, self.output, self.cost, self.by_model = 0, 0, 0, 0, {}
-end
+local merge, nonempty = config.merge, config.nonempty
 
 
 -- -------------------------------------------------------------- clients
@@ -274,12 +74,6 @@ local client_mt = { __index = client }
 function client_mt.__tostring(c)
     return format("sibyl.llm.client %s (%s, %s, %s)", c.name, c.type, c.base_url or "-",
                   c.ring and (#c.ring .. " keys") or "no key")
-end
-
-
-local function nonempty(s)
-    if s == nil or s == "" then return nil end
-    return s
 end
 
 
@@ -733,285 +527,24 @@ function client:chat(opts)
 end
 
 
--- ---------------------------------------------------------- embeddings
 
-local B64 = ffi.new("uint8_t[256]")
-do
-    local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    for i = 0, 255 do B64[i] = 255 end
-    for i = 1, 64 do B64[byte(alphabet, i)] = i - 1 end
-end
+-- ------------------------------------------ parts from the other files
 
-local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
+_M._client_mt = client_mt
+_M._client = client
+embed.install(_M)                               -- client:embed, client._embed_once
+config.install(_M)
 
--- Base64 (little-endian float32s) -> float[n], or nil.
-local function b64_floats(s)
-    local len = #s
-    local p = ffi.cast("const uint8_t *", s)
-    while len > 0 and p[len - 1] == 61 do len = len - 1 end   -- '='
-    local nbytes = floor(len * 3 / 4)
-    if nbytes % 4 ~= 0 then return nil end
-    local vec = ffi.new("float[?]", nbytes / 4)
-    local out = ffi.cast("uint8_t *", vec)
-    local o, acc, bits = 0, 0, 0
-    for i = 0, len - 1 do
-        local v = B64[p[i]]
-        if v == 255 then return nil end
-        acc = bor(lshift(band(acc, 0xffff), 6), v)
-        bits = bits + 6
-        if bits >= 8 then
-            bits = bits - 8
-            out[o] = band(rshift(acc, bits), 0xff)
-            o = o + 1
-        end
-    end
-    return vec, nbytes / 4
-end
-
-local function to_vector(e)
-    if type(e) == "string" then return b64_floats(e) end
-    if type(e) ~= "table" then return nil end
-    local n = #e
-    local vec = ffi.new("float[?]", n)
-    for i = 1, n do vec[i - 1] = e[i] end
-    return vec, n
-end
-_M._to_vector = to_vector
+_M.configure = config.configure
+_M.provider = config.provider
+_M.usage = usage.usage
+_M.meter = usage.meter
+_M._account = account
+_M._retry_after = errors.retry_after
+_M._to_vector = embed.to_vector
 
 
-local function embed_once(self, req, key)
-    local d = self.dialect
-    local url, body = d.embed_request(self, req)
-    if not url then return nil, mkerror("config", self.name .. ": " .. body) end
-    local res, err = http.request{ method = "POST", url = url, body = body, headers = d.headers(self, key),
-                                   timeout = req.timeout, connect_timeout = self.connect_timeout or _M.defaults.connect_timeout }
-    if not res then return nil, transport_error(self, err) end
-    if res.status >= 400 then return nil, http_error(self, res.status, res.body, res.headers, url) end
-    local data = json_decode(res.body)
-    local items, usage = d.parse_embed(data)
-    if not items then
-        return nil, mkerror("parse", format("%s: unexpected embeddings reply from %s: %s", self.name, url, usage))
-    end
-    return { items = items, usage = usage or { input = 0, output = 0 }, model = type(data) == "table" and data.model }
-end
-client._embed_once = embed_once
-
-
---- Embed texts: vectors (a list of float[dims] cdata, in input order), info
--- {dims, model, usage}; or nil, err. opts: input (string or list), model,
--- dimensions, batch_size, concurrency, progress(done, total), timeout.
-function client:embed(opts)
-    if type(opts) ~= "table" then error("llm.embed: options table expected", 2) end
-    local input = opts.input
-    if type(input) == "string" then input = { input } end
-    if type(input) ~= "table" then error("llm.embed: opts.input must be a string or a list of strings", 2) end
-    local n = #input
-    local batch = opts.batch_size or _M.defaults.batch_size
-    local conc = opts.concurrency or _M.defaults.concurrency
-    local nb = math.ceil(n / batch)
-    local vectors, usage, dims, model = {}, { input = 0, output = 0, total = 0 }, nil, nil
-    local next_batch, done, failed = 0, 0, false     -- after a failure, no worker starts a batch
-    local req_model = opts.model or self.embed_model
-    local progress = opts.progress
-    local function worker()
-        while next_batch < nb and not failed do
-            next_batch = next_batch + 1
-            local first = (next_batch - 1) * batch + 1
-            local last = min(first + batch - 1, n)
-            local slice = {}
-            for i = first, last do slice[#slice + 1] = input[i] end
-            local req = { model = req_model, input = slice, dimensions = opts.dimensions,
-                          encoding_format = opts.encoding_format or "base64",
-                          timeout = opts.timeout or self.timeout or _M.defaults.timeout, messages = {} }
-            local r, err = self:_call(self._embed_once, req, opts)
-            if not r then
-                failed = true
-                return nil, err
-            end
-            for i, item in ipairs(r.items) do
-                local idx = tonumber(item.index) or (i - 1)
-                local vec, len = to_vector(item.embedding)
-                if not vec then
-                    failed = true
-                    return nil, mkerror("parse", format("%s: embedding %d is not a float list or base64 floats",
-                                                        self.name, first + idx))
-                end
-                vectors[first + idx] = vec
-                dims = dims or len
-            end
-            usage.input = usage.input + (r.usage.input or 0)
-            model = model or r.model
-            done = done + (last - first + 1)
-            if progress and not failed then progress(done, n) end
-        end
-        return true
-    end
-    local fns = {}
-    for i = 1, min(conc, nb) do fns[i] = worker end
-    if #fns > 0 then
-        local ok, err = sibyl.gather(fns)
-        if not ok then return nil, err end
-    end
-    for i = 1, n do
-        if vectors[i] == nil then
-            return nil, mkerror("parse", format("%s: the reply has no embedding for input %d", self.name, i))
-        end
-    end
-    usage.total = usage.input
-    local info = { dims = dims or 0, model = model or req_model, usage = usage }
-    account(self, { usage = usage }, info.model)
-    return vectors, info
-end
-
-
--- ------------------------------------------------------ configuration
-
-local registry                  -- { providers = {name = client}, order = {...}, default, fallback, fallback_on }
-
---- Configure providers: a table or the path of a YAML file (sibyl.config,
--- so ${VAR} works). Returns true or nil, err (kind "config", "io", "parse").
--- { default = "main", fallback = {"main", "backup"}, fallback_on = {...},
---   providers = { main = { type = "openai", base_url = ..., model = ... } },
---   prices = { ["gpt-4o-mini"] = { input = 0.15, output = 0.6 } },
---   retry = { attempts = 4 } }
--- `retry` applies to every configured provider (its own `retry` wins); a new
--- configuration replaces the previous one, prices included.
-function _M.configure(conf)
-    if type(conf) == "string" then
-        local err
-        conf, err = require("sibyl.config").load(conf)
-        if not conf then return nil, err end
-        conf = conf.llm or conf
-    end
-    if type(conf) ~= "table" then error("llm.configure: a table or a YAML file path expected", 2) end
-    local reg = { providers = {}, order = {} }
-    if type(conf.providers) ~= "table" then
-        return nil, mkerror("config", "llm.configure: `providers` must map names to provider settings "
-            .. "(e.g. providers: {main: {type: openai, base_url: ..., model: ...}})")
-    end
-    local names = {}
-    for name in pairs(conf.providers) do names[#names + 1] = name end
-    table.sort(names)
-    for _, name in ipairs(names) do
-        local pc = merge(conf.providers[name], { name = name })
-        if conf.retry then pc.retry = merge(conf.retry, pc.retry) end    -- the provider's own wins
-        local ok, c = pcall(_M.client, pc)
-        if not ok then
-            return nil, mkerror("config", format("llm.configure: provider %q: %s", name,
-                                                 gsub(tostring(c), "^[^:]*:%d+: ", "")))
-        end
-        reg.providers[name] = c
-        reg.order[#reg.order + 1] = name
-    end
-    reg.default = conf.default or reg.order[1]
-    if not reg.providers[reg.default] then
-        return nil, mkerror("config", format("llm.configure: default provider %q is not among the providers (%s)",
-                                             tostring(reg.default), concat(reg.order, ", ")))
-    end
-    reg.fallback = conf.fallback
-    reg.fallback_on = conf.fallback_on
-    for _, f in ipairs(reg.fallback or {}) do
-        local fname = type(f) == "table" and f.provider or f
-        if not reg.providers[fname] then
-            return nil, mkerror("config", format("llm.configure: fallback provider %q is not configured", tostring(fname)))
-        end
-    end
-    prices = merge(conf.prices or {})
-    registry = reg
-    return true
-end
-
-
--- Providers from the environment, when nothing was configured.
-local function from_env()
-    local path = nonempty(getenv("SIBYL_LLM_CONFIG"))
-    if path then
-        local ok, err = _M.configure(path)
-        if not ok then return nil, err end
-        return registry
-    end
-    local conf = { providers = {} }
-    local model = nonempty(getenv("SIBYL_MODEL"))
-    if nonempty(getenv("OPENAI_API_KEY")) or nonempty(getenv("OPENAI_BASE_URL")) then
-        conf.providers.openai = { type = "openai", base_url = nonempty(getenv("OPENAI_BASE_URL")),
-                                  model = nonempty(getenv("OPENAI_MODEL")) }
-    end
-    if nonempty(getenv("ANTHROPIC_API_KEY")) or nonempty(getenv("ANTHROPIC_BASE_URL")) then
-        conf.providers.anthropic = { type = "anthropic", base_url = nonempty(getenv("ANTHROPIC_BASE_URL")),
-                                     model = nonempty(getenv("ANTHROPIC_MODEL")) }
-    end
-    local want = nonempty(getenv("SIBYL_PROVIDER"))
-    if want == "mock" then conf.providers.mock = { type = "mock" } end
-    if want == "ollama" then
-        conf.providers.ollama = { type = "openai", api_key = false,
-            base_url = (nonempty(getenv("OLLAMA_HOST")) and ("http://" .. gsub(getenv("OLLAMA_HOST"), "^https?://", "")) or "http://127.0.0.1:11434") .. "/v1",
-            model = "llama3.2" }
-    end
-    if next(conf.providers) == nil then
-        return nil, mkerror("config", "sibyl.llm: no provider configured; set OPENAI_API_KEY (and "
-            .. "OPENAI_BASE_URL for other OpenAI-compatible servers), ANTHROPIC_API_KEY, "
-            .. "SIBYL_PROVIDER=ollama or =mock, or call llm.configure{...} (see doc/llm.md)")
-    end
-    conf.default = want or (conf.providers.openai and "openai") or "anthropic"
-    if not conf.providers[conf.default] then
-        return nil, mkerror("config", format("sibyl.llm: SIBYL_PROVIDER=%s, but that provider has no settings "
-            .. "(set its API key or base URL)", want))
-    end
-    if model then conf.providers[conf.default].model = model end
-    local ok, err = _M.configure(conf)
-    if not ok then return nil, err end
-    return registry
-end
-
-
-local function get_registry()
-    if registry then return registry end
-    return from_env()
-end
-
-
---- The configured client called `name` (default: the default provider).
-function _M.provider(name)
-    local reg, err = get_registry()
-    if not reg then return nil, err end
-    name = name or reg.default
-    local c = reg.providers[name]
-    if not c then
-        return nil, mkerror("config", format("sibyl.llm: no provider %q (configured: %s)", tostring(name),
-                                             concat(reg.order, ", ")))
-    end
-    return c
-end
-
-
--- The chain of {client, model} to try for a call.
-local function chain_for(opts)
-    local first = opts.provider
-    local chain = {}
-    if type(first) == "table" then
-        chain[1] = { first, opts.model }
-    else
-        local c, err = _M.provider(first)
-        if not c then return nil, err end
-        chain[1] = { c, opts.model }
-    end
-    local fallback = opts.fallback
-    if fallback == nil and opts.provider == nil and registry then fallback = registry.fallback end
-    for _, f in ipairs(fallback or {}) do
-        local fc, fmodel = f, nil
-        if type(f) == "table" and getmetatable(f) ~= client_mt and not f.chat then
-            fc, fmodel = f.provider, f.model
-        end
-        if type(fc) ~= "table" then
-            local err
-            fc, err = _M.provider(fc)
-            if not fc then return nil, err end
-        end
-        if fc ~= chain[1][1] or fmodel then chain[#chain + 1] = { fc, fmodel } end
-    end
-    return chain
-end
-
+-- ------------------------------------------------------ public functions
 
 local function fallback_ok(err, kinds)
     for _, k in ipairs(kinds) do
@@ -1027,8 +560,9 @@ end
 -- provider, data (with schema), raw} or nil, err. See doc/llm.md.
 function _M.chat(opts)
     if type(opts) ~= "table" then error("llm.chat: options table expected", 2) end
-    local chain, cerr = chain_for(opts)
+    local chain, cerr = config.chain_for(opts)
     if not chain then return nil, cerr end
+    local registry = config.registry
     local kinds = opts.fallback_on or (registry and registry.fallback_on) or _M.defaults.fallback_on
     local tried = {}
     for i, link in ipairs(chain) do
@@ -1074,11 +608,9 @@ end
 --- Forget the configuration and its prices (the next call reads the
 -- environment again).
 function _M.reset()
-    registry = nil
-    prices = {}
+    config.registry = nil
+    usage.set_prices({})
 end
 
 
-_M._client_mt = client_mt
-_M._client = client
 return _M

@@ -81,11 +81,6 @@ function _M.embedder(spec, dims)
 end
 
 
-local function float_bytes(v)
-    return ffi.string(v, ffi.sizeof(v))
-end
-
-
 -- ---------------------------------------------------------------- index
 
 local function ext_set(list)
@@ -183,7 +178,7 @@ function _M.index(opts)
                     db:run("INSERT INTO chunks(path, idx, start, stop, line, heading, text, vec) "
                            .. "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            { path, c.index, c.start, c.stop, c.line, c.heading or sqlite.null, c.text,
-                             sqlite.blob(float_bytes(vectors[j])) })
+                             vectors[j] })                  -- an FFI float array binds as a BLOB
                 end
                 db:run("INSERT INTO files(path, hash, size, chunks, indexed_at) VALUES (?, ?, ?, ?, ?) "
                        .. "ON CONFLICT(path) DO UPDATE SET hash = excluded.hash, size = excluded.size, "
@@ -344,12 +339,10 @@ function index:search(question, opts)
         local m, ids = self:vectors()
         if m then
             local qv = self.emb.embed({ question })
-            local hit_ids, hit_scores = m:search(qv[1], min(want, #ids))
-            for r, row in ipairs(hit_ids) do
+            for r, row in ipairs((m:search(qv[1], min(want, #ids)))) do
                 local id = ids[row]
                 vec_rank[id] = r
                 scores[id] = (scores[id] or 0) + 1 / (rrf + r)
-                local _ = hit_scores
             end
         end
     end
@@ -360,10 +353,21 @@ function index:search(question, opts)
         if scores[a] ~= scores[b] then return scores[a] > scores[b] end
         return a < b
     end)
+    -- One query for the rows: the first k, or every candidate with a filter.
+    local fetch = {}
+    for i = 1, opts.filter and #order or min(k, #order) do fetch[i] = order[i] end
+    local by_id = {}
+    if #fetch > 0 then
+        local rows, err = self.db:query("SELECT id, path, line, heading, text, start, stop FROM chunks "
+                                        .. "WHERE id IN (SELECT value FROM json_each(?))",
+                                        { require("sibyl.json").encode(fetch) })
+        if not rows then return nil, err end
+        for _, row in ipairs(rows) do by_id[row.id] = row end
+    end
     local hits = {}
-    for _, id in ipairs(order) do
+    for _, id in ipairs(fetch) do
         if #hits >= k then break end
-        local row = self.db:row("SELECT id, path, line, heading, text, start, stop FROM chunks WHERE id = ?", { id })
+        local row = by_id[id]
         if row and passes(opts.filter, row) then
             row.score, row.fts_rank, row.vec_rank = scores[id], fts_rank[id], vec_rank[id]
             hits[#hits + 1] = row
