@@ -44,6 +44,8 @@ static const char usage[] =
     "  index DIR [--store F]           index documents for `ask` (sibyl.rag)\n"
     "  ask \"QUESTION\" [--store F] [-k N]\n"
     "                                  answer from the index, with sources\n"
+    "  mcp serve tools.lua [--http PORT] [--host H]\n"
+    "                                  serve Lua tools over MCP (stdio or HTTP)\n"
     "\n"
     "With no script and no -e, sibyl opens a REPL when standard input is a\n"
     "terminal and runs standard input otherwise. See doc/cli.md.\n";
@@ -178,6 +180,7 @@ int main(int argc, char **argv)
         {"serve", "sibyl.serve", "main"},
         {"index", "sibyl.rag.cli", "index"},
         {"ask", "sibyl.rag.cli", "ask"},
+        {"mcp", "sibyl.mcp.cli", "main"},
     };
     const char *command = NULL, *func = NULL;
     for (size_t c = 0; script && i == script && c < sizeof commands / sizeof commands[0]; c++) {

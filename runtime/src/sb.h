@@ -194,6 +194,7 @@ int sb_run_chunk(sibyl_rt *rt, int nargs);
 int sb_sched_init(sibyl_rt *rt);
 void sb_sched_free(sibyl_rt *rt);
 void sb_sched_register(lua_State *L);
+void sb_future_register(lua_State *L);   /* future.c: sibyl.future */
 
 /* ------------------------------------------------------------ worker pool */
 

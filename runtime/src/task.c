@@ -446,6 +446,7 @@ void sb_sched_register(lua_State *L)
     luaL_setfuncs(L, task_methods, 0);
     lua_pop(L, 1);
     luaL_setfuncs(L, core_funcs, 0);
+    sb_future_register(L);
     lua_pushlightuserdata(L, &sb_park_marker);
     lua_setfield(L, -2, "_marker");
 }
