@@ -189,6 +189,16 @@ static int spawn_request(lua_State *L)
     const char *body = (const char *)evbuffer_pullup(in, -1);
     lua_pushlstring(L, body ? body : "", len);
     lua_setfield(L, -2, "body");
+    struct evhttp_connection *peer_conn = evhttp_request_get_connection(r);
+    if (peer_conn) {           /* the client's address, for logs */
+        char *peer = NULL;
+        ev_uint16_t peer_port = 0;
+        evhttp_connection_get_peer(peer_conn, &peer, &peer_port);
+        if (peer) {
+            lua_pushstring(L, peer);
+            lua_setfield(L, -2, "remote_addr");
+        }
+    }
 
     sb_req *q = lua_newuserdata(L, sizeof *q);
     memset(q, 0, sizeof *q);

@@ -187,6 +187,17 @@ function agent:reset()
 end
 
 
+--- A copy with the same configuration, llm client and tools and an empty
+-- memory: one per concurrent conversation (sibyl.service makes one per
+-- request). Tool definitions are shared, read-only; nothing else is.
+function agent:clone()
+    local c = setmetatable(shallow_copy(self), getmetatable(self))
+    c.memory = shallow_copy(self.memory)
+    c.messages = {}
+    return c
+end
+
+
 -- One model call: result or nil, err. Records a trace span and the usage.
 function agent:_model(run, messages, extra)
     local o = {
