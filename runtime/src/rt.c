@@ -125,6 +125,7 @@ void sb_open_modules(lua_State *L)
         {"sibyl.redis.core", luaopen_sibyl_redis_core},
         {"sibyl.sqlite.core", luaopen_sibyl_sqlite_core},
         {"sibyl.vec.core", luaopen_sibyl_vec_core},
+        {"sibyl.process", luaopen_sibyl_process},
         {"cjson", luaopen_cjson},
         {NULL, NULL}
     };

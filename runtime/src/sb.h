@@ -220,6 +220,7 @@ int luaopen_sibyl_server_core(lua_State *L); /* http_server.c */
 int luaopen_sibyl_redis_core(lua_State *L); /* redis.c */
 int luaopen_sibyl_sqlite_core(lua_State *L); /* sqlite.c */
 int luaopen_sibyl_vec_core(lua_State *L); /* vec.c */
+int luaopen_sibyl_process(lua_State *L); /* process.c */
 int luaopen_cjson(lua_State *L);        /* lua-cjson */
 
 /* Register the built-in C modules in package.preload and the embedded

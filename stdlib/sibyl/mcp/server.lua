@@ -206,8 +206,8 @@ function H.call_tool(self, params, ctx)
     end
     local ran, r, err = xpcall(t.fn, traceback, args, ctx)
     if not ran then
-        io.stderr:write(format("mcp: tool %s raised: %s\n", name, tostring(r)))
         local first = tostring(r):match("^[^\n]*")
+        io.stderr:write(format("mcp: tool %s raised: %s\n", name, first))
         return tool_error("the tool " .. name .. " failed: " .. first)
     end
     if r == nil then
