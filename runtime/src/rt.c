@@ -237,7 +237,7 @@ static void chunk_done(sb_task *t, void *ud)
 /* Nothing can ever wake the remaining tasks: no ready task, no I/O. */
 static int stuck(sibyl_rt *rt)
 {
-    return rt->nready == 0 && rt->nexternal == 0 && rt->keepalive == 0;
+    return rt->nready == 0 && rt->nexternal == 0 && rt->keepalive == 0 && rt->ndeadlines == 0;
 }
 
 static void set_error(sibyl_rt *rt, const char *msg)

@@ -106,6 +106,7 @@ struct sibyl_rt {
     size_t ntasks;              /* live (not finished) tasks */
     size_t nexternal;           /* ops waiting on something outside Lua */
     size_t keepalive;           /* long-lived objects that keep sibyl_run going */
+    size_t ndeadlines;          /* armed deadline timers (sched.c) */
     uint64_t next_task_id;
 
     sb_task *unobserved;        /* failed tasks whose error nobody retrieved yet */

@@ -40,6 +40,7 @@ char sb_task_mt_key;
 char sb_park_marker;   /* yielded by primitives; sched.lua passes it up */
 
 static void task_finish(sb_task *t, int result);
+static void deadline_del(sb_task *t);
 static void op_discard(sb_op *op);
 
 /* ------------------------------------------------------------ ready queue */
@@ -424,8 +425,7 @@ static void task_finish(sb_task *t, int result)
     assert(t->state != T_DONE && t->op == NULL);
     t->state = T_DONE;
     t->result = result;
-    if (t->deadline_ev)
-        event_del(t->deadline_ev);
+    deadline_del(t);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ctx_ref);
     t->ctx_ref = LUA_NOREF;
     if (result == R_CANCELLED) {
@@ -476,11 +476,23 @@ void sb_task_cancel(sb_task *t)
         sb_task_kill(t);
 }
 
+/* Deadline timers count as pending I/O (rt->ndeadlines): a task waiting
+ * on an internal op (another task, a future) under a deadline will wake. */
+static void deadline_del(sb_task *t)
+{
+    if (t->deadline_ev == NULL)
+        return;
+    if (evtimer_pending(t->deadline_ev, NULL))
+        t->rt->ndeadlines--;
+    event_del(t->deadline_ev);
+}
+
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     sb_task *t = arg;
     SB_UNUSED(fd);
-    SB_UNUSED(what);
+    if (what & EV_TIMEOUT)
+        t->rt->ndeadlines--;        /* fired: no longer pending */
     if (t->state != T_PARKED || t->op == NULL || t->op->done)
         return;
     sb_op *op = t->op;
@@ -503,6 +515,8 @@ static void arm_deadline(sb_task *t)
     struct timeval tv;
     tv.tv_sec = (time_t)left;
     tv.tv_usec = (suseconds_t)((left - (double)tv.tv_sec) * 1e6) + 1;
+    if (!evtimer_pending(t->deadline_ev, NULL))
+        t->rt->ndeadlines++;
     evtimer_add(t->deadline_ev, &tv);
 }
 
@@ -528,8 +542,7 @@ static void resume_task(sibyl_rt *rt, sb_task *t)
         nargs = t->nargs;
         t->nargs = 0;
     }
-    if (t->deadline_ev)
-        event_del(t->deadline_ev);
+    deadline_del(t);
 
     t->state = T_RUNNING;
     rt->current = t;
@@ -623,6 +636,7 @@ int sb_task_gc(lua_State *L)
     while (t->waiters)
         link_unlink(t->waiters);
     if (t->deadline_ev) {
+        deadline_del(t);
         event_free(t->deadline_ev);
         t->deadline_ev = NULL;
     }
