@@ -512,7 +512,11 @@ function _M.connect(opts)
     local t, err
     if opts.command then
         t, err = require("sibyl.mcp.stdio").open(opts, function(m) c:_incoming(m) end,
-            function(m) local f = c._pending[m.id]; if f then f:set(m) end end,
+            function(m)                 -- a response: wake its caller (gone if it was cancelled)
+                local f = c._pending[m.id]
+                c._pending[m.id] = nil
+                if f then f:set(m) end
+            end,
             function(e) c:_lost(e) end)
     elseif opts.url then
         t, err = require("sibyl.mcp.http").open(opts)
