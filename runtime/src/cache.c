@@ -1,7 +1,7 @@
 /*
  * cache.c -- the L1 memory cache behind `sibyl.cache` (stdlib/sibyl/cache/):
- * a hash map with an LRU list and per-entry TTL, bounded by entry count and
- * by bytes, with hit/miss/eviction stats.
+ * a hash map with exact LRU order and per-entry TTL, bounded by entry count
+ * and by bytes, with hit/miss/eviction stats.
  *
  * Two doors into one structure:
  *   - FFI (the hot path): plain C functions taking the cache pointer, a key
@@ -12,12 +12,15 @@
  *     close), and turning tables into bytes and back (values are copies).
  *
  * Values: numbers are stored as doubles; strings, booleans, json.null and
- * serialised tables as bytes with a type tag. A table is copied on set and
- * rebuilt on every get: the cache never hands out shared mutable state.
+ * serialised tables (cache_ser.c) as bytes with a type tag. A table is
+ * copied on set and rebuilt on every get: the cache never hands out shared
+ * mutable state.
  *
- * LRU order is exact for the back three quarters of the list, where
- * evictions happen: a hit on an entry already in the front quarter does not
- * move it (see sb_cache_get).
+ * Layout, for a hit that reads few cache lines: entries are 64-byte nodes
+ * in one array, with short keys and small values inside the node; the hash
+ * table is a separate array of 8-byte slots (hash bits + node index); LRU
+ * order is a log of node indexes, not a linked list (see sb_cache below).
+ * A hit reads a slot, its node, and writes 4 bytes in pos[] and the log.
  *
  * Time is CLOCK_MONOTONIC_COARSE (a few ms of resolution; TTLs are seconds).
  * Expired entries are dropped when looked up, and a few are reclaimed from
@@ -30,6 +33,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "sb.h"
@@ -39,34 +43,62 @@
 enum { SB_CV_NONE = 0, SB_CV_NUMBER, SB_CV_STRING, SB_CV_TRUE, SB_CV_FALSE, SB_CV_NULL, SB_CV_TABLE };
 
 #define ENTRY_OVERHEAD 64          /* bytes counted per entry besides key and value */
-#define SERIAL_MAX_DEPTH 100
+#define INLINE_MAX 32              /* key + value bytes kept inside the node */
+#define NOPOS UINT32_MAX           /* pos[] of a free node */
+#define LOG_SLACK 4                /* the use log has room for this many records per entry */
 
-/* 48 bytes before the key, so a lookup usually reads one cache line: the
- * fields a hit needs, then the key (the hash lives in the slot). */
-typedef struct sb_centry {
+/* One entry: one cache line (the node array is 64-byte aligned). Key and
+ * value bytes live in inl when they fit (INLINE_MAX together: "key:123"
+ * with a number, a boolean or a string of a few bytes), else in a malloc'd
+ * block (key, then value) whose address is in heap. Free nodes have type
+ * SB_CV_NONE and chain through next_free. */
+typedef struct {
     double expires;                 /* 0 = never */
     double num;
     uint32_t klen, vlen;
-    uint32_t stamp;                 /* c->moves (low 32 bits) when last moved to the front */
-    int type;
-    struct sb_centry *prev, *next;  /* LRU: head = most recent */
-    char data[];                    /* key bytes, then value bytes */
-} sb_centry;
+    uint32_t hash;                  /* low 32 bits of the key's hash, as in its slot */
+    uint8_t type;
+    uint8_t ext;                    /* 1: the bytes are in heap */
+    uint16_t pad;
+    union {
+        char inl[INLINE_MAX];
+        char *heap;
+        uint32_t next_free;
+    } d;
+} sb_cnode;
 
-/* Open addressing, linear probing: the hash sits in the slot, so a probe
- * touches the entry only when the hashes match. */
+_Static_assert(sizeof(sb_cnode) == 64, "a node is one cache line");
+
+/* Open addressing, linear probing: a slot holds the low 32 bits of the
+ * hash (which also give its home) and the node index + 1 (0: empty), so
+ * a probe reads the node only when those bits match. Eight per line. */
 typedef struct {
-    uint64_t hash;
-    sb_centry *e;                   /* NULL: empty */
+    uint32_t hash;
+    uint32_t ref;
 } sb_cslot;
 
+/*
+ * Exact LRU without a linked list: every use of a node appends its index
+ * to the log order[lo..hi), and pos[node] says where its latest record is.
+ * A record whose position is not pos[node] is stale. The first fresh
+ * record from lo is therefore the least recently used node, the last one
+ * the most recent. A use touches the node's own line, pos[] (4 bytes a
+ * node: small, stays in cache) and the log's end, never other nodes (a
+ * linked list relinks three). When the log reaches its end it is compacted
+ * to its fresh records (count of them), with room for LOG_SLACK x count:
+ * one sequential pass per ~3 x count uses. Evicting skips the stale
+ * records at lo.
+ */
 typedef struct sb_cache {
     sb_cslot *slots;
     size_t cap, count, bytes;       /* cap: a power of two, at most half full */
     size_t max_entries, max_bytes;  /* 0 = unlimited */
     double ttl;                     /* default TTL, 0 = none */
-    sb_centry *head, *tail;
-    uint32_t moves;                 /* moves to the front so far (wraps; compared modulo 2^32) */
+    sb_cnode *nodes;                /* ncap of them, nused ever handed out */
+    uint32_t *pos;                  /* per node: its record in order[], NOPOS when free */
+    uint32_t ncap, nused, free_head;/* free_head: a free node + 1, 0 = none */
+    uint32_t *order;                /* the use log, ocap records */
+    uint32_t lo, hi, ocap;
     double probes;                  /* slots looked at beyond the first */
     double hits, misses, sets, evictions, expirations;
     int closed;
@@ -88,75 +120,288 @@ static double now_coarse(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static uint64_t hash_key(const char *k, size_t n)
+static inline uint64_t load64(const char *p)
 {
-    return sb_hash64(k, n, SB_HASH_SEED);
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
 }
 
-/* Key equality without a libc call for the usual short keys. */
-static int same_key(const char *a, const char *b, size_t n)
+static inline uint64_t load32(const char *p)
 {
-    while (n >= 8) {
-        uint64_t x, y;
-        memcpy(&x, a, 8);
-        memcpy(&y, b, 8);
-        if (x != y)
-            return 0;
-        a += 8;
-        b += 8;
-        n -= 8;
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+
+static inline void store64(char *p, uint64_t x)
+{
+    memcpy(p, &x, 8);
+}
+
+/* memcpy of up to INLINE_MAX bytes without a call: (overlapping) words. */
+static inline void copy_small(char *d, const char *s, size_t n)
+{
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            store64(d + i, load64(s + i));
+        store64(d + n - 8, load64(s + n - 8));
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        memcpy(d, &a, 4);
+        memcpy(d + n - 4, &b, 4);
+    } else if (n > 0) {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
     }
+}
+
+/* The table's hash: sb_hash64's steps and finaliser, with the tail read as
+ * one word overlapping the previous one (or two overlapping 32-bit words)
+ * instead of byte by byte; the length is mixed in first. Not sb_hash64's
+ * values, and never stored: only this table's homes depend on it. */
+static inline uint64_t hash_key(const char *k, size_t n)
+{
+    uint64_t h = SB_HASH_SEED ^ n, w;
+    if (n > 8) {
+        const char *last = k + n - 8;
+        for (; k < last; k += 8) {
+            h = (h ^ load64(k)) * 0xBF58476D1CE4E5B9ULL;
+            h ^= h >> 31;
+        }
+        w = load64(last);
+    } else if (n >= 4) {
+        w = load32(k) | load32(k + n - 4) << 32;
+    } else if (n > 0) {
+        w = (uint64_t)(unsigned char)k[0] | (uint64_t)(unsigned char)k[n / 2] << 8 |
+            (uint64_t)(unsigned char)k[n - 1] << 16;
+    } else {
+        w = 0;
+    }
+    h ^= w;
+    h ^= h >> 30;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 27;
+    h *= 0x94D049BB133111EBULL;
+    return h ^ (h >> 31);
+}
+
+/* Key equality without a libc call, by (overlapping) word loads. */
+static inline int same_key(const char *a, const char *b, size_t n)
+{
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if (load64(a + i) != load64(b + i))
+                return 0;
+        return load64(a + n - 8) == load64(b + n - 8);
+    }
+    if (n >= 4)
+        return load32(a) == load32(b) && load32(a + n - 4) == load32(b + n - 4);
     while (n--)
         if (*a++ != *b++)
             return 0;
     return 1;
 }
 
-/* ----------------------------------------------------------- LRU list */
-
-static void lru_unlink(sb_cache *c, sb_centry *e)
+static inline char *node_data(sb_cnode *n)
 {
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        c->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        c->tail = e->prev;
-    e->prev = e->next = NULL;
+    return n->ext ? n->d.heap : n->d.inl;
 }
 
-static void lru_push_front(sb_cache *c, sb_centry *e)
+/* ------------------------------------------------------------- nodes */
+
+/*
+ * The node and slot arrays: 64-byte aligned; from 1 MiB on, rounded to
+ * 2 MiB and asked to be backed by transparent huge pages (a lookup is two
+ * random reads; with 4 KiB pages each is also a TLB miss). Zeroed if zero.
+ */
+static void *alloc_big(size_t bytes, int zero)
 {
-    e->stamp = ++c->moves;
-    e->prev = NULL;
-    e->next = c->head;
-    if (c->head)
-        c->head->prev = e;
-    c->head = e;
-    if (c->tail == NULL)
-        c->tail = e;
+    void *p = NULL;
+    size_t huge = (size_t)2 << 20;
+    if (bytes >= huge / 2) {
+        bytes = (bytes + huge - 1) & ~(huge - 1);
+        if (posix_memalign(&p, huge, bytes) != 0)
+            return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);   /* advice only: failure is fine */
+#endif
+    } else if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+        return NULL;
+    }
+    if (zero)
+        memset(p, 0, bytes);
+    return p;
+}
+
+/* A free node's index, or -1 out of memory. Growing moves the array:
+ * pointers into nodes do not survive a call to this. */
+static int64_t node_alloc(sb_cache *c)
+{
+    if (c->free_head) {
+        uint32_t i = c->free_head - 1;
+        c->free_head = c->nodes[i].d.next_free;
+        return i;
+    }
+    if (c->nused == c->ncap) {
+        if (c->ncap >= UINT32_MAX / 2)
+            return -1;
+        uint32_t n = c->ncap ? c->ncap * 2 : 64;
+        sb_cnode *nn = alloc_big((size_t)n * sizeof *nn, 0);
+        uint32_t *np = realloc(c->pos, (size_t)n * sizeof *np);
+        if (np)
+            c->pos = np;
+        if (nn == NULL || np == NULL) {
+            free(nn);
+            return -1;
+        }
+        if (c->nused)
+            memcpy(nn, c->nodes, (size_t)c->nused * sizeof *nn);
+        free(c->nodes);
+        c->nodes = nn;
+        c->ncap = n;
+    }
+    return c->nused++;
+}
+
+static void node_free(sb_cache *c, uint32_t i)
+{
+    sb_cnode *n = &c->nodes[i];
+    if (n->ext)
+        free(n->d.heap);
+    n->ext = 0;
+    n->type = SB_CV_NONE;
+    n->d.next_free = c->free_head;
+    c->free_head = i + 1;
+    c->pos[i] = NOPOS;
+}
+
+/* Put key and value bytes into node n (its key already there when
+ * has_key), inline or in a block of their own. -1: out of memory, n
+ * unchanged. */
+static inline int node_store(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v, size_t vl)
+{
+    size_t total = kl + vl;
+    if (total <= INLINE_MAX) {
+        if (n->ext) {               /* out of line -> inline: the key comes back */
+            char *h = n->d.heap;
+            copy_small(n->d.inl, h, kl);
+            free(h);
+            n->ext = 0;
+        } else if (!has_key) {
+            copy_small(n->d.inl, k, kl);
+        }
+        copy_small(n->d.inl + kl, v, vl);
+    } else {
+        char *h;
+        if (n->ext) {
+            if (n->klen + n->vlen == total) {
+                h = n->d.heap;
+            } else if ((h = realloc(n->d.heap, total)) == NULL) {
+                return -1;
+            }
+        } else {
+            if ((h = malloc(total)) == NULL)
+                return -1;
+            memcpy(h, has_key ? n->d.inl : k, kl);
+        }
+        if (vl)
+            memcpy(h + kl, v, vl);
+        n->d.heap = h;
+        n->ext = 1;
+    }
+    n->klen = (uint32_t)kl;
+    n->vlen = (uint32_t)vl;
+    return 0;
+}
+
+/* ----------------------------------------------------------- LRU log */
+
+/* Keep the fresh records only, at the start of the log; make room. */
+static int log_compact(sb_cache *c)
+{
+    uint32_t n = 0;
+    for (uint32_t p = c->lo; p < c->hi; p++) {
+        uint32_t i = c->order[p];
+        if (c->pos[i] == p) {
+            c->order[n] = i;
+            c->pos[i] = n++;
+        }
+    }
+    c->lo = 0;
+    c->hi = n;
+    if ((size_t)n * LOG_SLACK > c->ocap || c->ocap == 0) {     /* keep compactions rare */
+        if (c->ocap >= UINT32_MAX / 4)
+            return c->hi < c->ocap ? 0 : -1;
+        uint32_t cap = c->ocap ? c->ocap * 2 : 64;
+        while ((size_t)n * LOG_SLACK > cap)
+            cap *= 2;
+        uint32_t *no = realloc(c->order, (size_t)cap * sizeof *no);
+        if (no == NULL)
+            return c->hi < c->ocap ? 0 : -1;
+        c->order = no;
+        c->ocap = cap;
+    }
+    return 0;
+}
+
+/* Make node i the most recently used. -1: out of memory (only when the
+ * log is full of fresh records and cannot grow). */
+static inline int lru_touch(sb_cache *c, uint32_t i)
+{
+    if (c->hi == c->ocap && log_compact(c) != 0)
+        return -1;
+    c->pos[i] = c->hi;
+    c->order[c->hi++] = i;
+    return 0;
+}
+
+/* The least recently used node (count > 0): stale records are dropped. */
+static uint32_t lru_tail(sb_cache *c)
+{
+    for (;;) {
+        uint32_t i = c->order[c->lo];
+        if (c->pos[i] == c->lo)
+            return i;
+        c->lo++;
+    }
 }
 
 /* ----------------------------------------------------------- hash map */
 
-/* The slot holding key, or the empty slot where it would go (*found = 0). */
-static size_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, int *found)
+/* The node holding key (its slot in *slot), or -1 with *slot the empty
+ * slot where it would go. */
+static inline int64_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, size_t *slot)
 {
-    size_t mask = c->cap - 1, i = (size_t)h & mask;
+    uint32_t t = (uint32_t)h;
+    size_t mask = c->cap - 1, i = t & mask;
     for (;; c->probes++) {
-        const sb_cslot *s = &c->slots[i];
-        if (s->e == NULL) {
-            *found = 0;
-            return i;
+        sb_cslot s = c->slots[i];
+        if (s.ref == 0) {
+            *slot = i;
+            return -1;
         }
-        if (s->hash == h && s->e->klen == kl && same_key(s->e->data, k, kl)) {
-            *found = 1;
-            return i;
+        if (s.hash == t) {
+            sb_cnode *n = &c->nodes[s.ref - 1];
+            if (n->klen == kl && same_key(node_data(n), k, kl)) {
+                *slot = i;
+                return s.ref - 1;
+            }
         }
         i = (i + 1) & mask;
     }
+}
+
+/* The slot that points at node i. */
+static size_t slot_of(sb_cache *c, uint32_t i)
+{
+    size_t mask = c->cap - 1, j = c->nodes[i].hash & mask;
+    while (c->slots[j].ref != i + 1)
+        j = (j + 1) & mask;
+    return j;
 }
 
 /* Empty slot i, shifting back the entries that probed past it. */
@@ -165,9 +410,9 @@ static void slot_clear(sb_cache *c, size_t i)
     size_t mask = c->cap - 1, j = i;
     for (;;) {
         j = (j + 1) & mask;
-        if (c->slots[j].e == NULL)
+        if (c->slots[j].ref == 0)
             break;
-        size_t home = (size_t)c->slots[j].hash & mask;
+        size_t home = c->slots[j].hash & mask;
         /* Can the entry at j move to i? Only if its home is not in (i, j]. */
         int between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!between) {
@@ -175,20 +420,22 @@ static void slot_clear(sb_cache *c, size_t i)
             i = j;
         }
     }
-    c->slots[i].e = NULL;
+    c->slots[i].ref = 0;
 }
 
 static void grow(sb_cache *c)
 {
+    if (c->cap >= ((size_t)1 << 31))
+        return;                     /* homes come from 32 bits of hash */
     size_t n = c->cap * 2;
-    sb_cslot *ns = calloc(n, sizeof *ns);
+    sb_cslot *ns = alloc_big(n * sizeof *ns, 1);
     if (ns == NULL)
         return;                     /* stay fuller: slower, still correct */
     for (size_t i = 0; i < c->cap; i++) {
-        if (c->slots[i].e == NULL)
+        if (c->slots[i].ref == 0)
             continue;
-        size_t j = (size_t)c->slots[i].hash & (n - 1);
-        while (ns[j].e)
+        size_t j = c->slots[i].hash & (n - 1);
+        while (ns[j].ref)
             j = (j + 1) & (n - 1);
         ns[j] = c->slots[i];
     }
@@ -197,45 +444,48 @@ static void grow(sb_cache *c)
     c->cap = n;
 }
 
-static size_t entry_bytes(const sb_centry *e)
+static size_t entry_bytes(const sb_cnode *n)
 {
-    return ENTRY_OVERHEAD + e->klen + e->vlen;
+    return ENTRY_OVERHEAD + (size_t)n->klen + n->vlen;
 }
 
-/* Remove the entry in slot i and free it. */
-static void drop(sb_cache *c, size_t i)
+/* Remove node i, whose slot is s, and free it. */
+static void drop_at(sb_cache *c, uint32_t i, size_t s)
 {
-    sb_centry *e = c->slots[i].e;
-    slot_clear(c, i);
-    lru_unlink(c, e);
+    slot_clear(c, s);
     c->count--;
-    c->bytes -= entry_bytes(e);
-    free(e);
+    c->bytes -= entry_bytes(&c->nodes[i]);
+    node_free(c, i);
 }
 
-static void drop_entry(sb_cache *c, sb_centry *e)
+static void drop(sb_cache *c, uint32_t i)
 {
-    int found;
-    size_t i = find(c, hash_key(e->data, e->klen), e->data, e->klen, &found);
-    drop(c, i);
+    drop_at(c, i, slot_of(c, i));
+}
+
+static int expired(const sb_cnode *n, double now)
+{
+    return n->expires != 0 && n->expires <= now;
 }
 
 /* Evict from the LRU tail until the limits hold, expired entries first
  * among the few looked at. */
 static void enforce(sb_cache *c, double now)
 {
-    for (int i = 0; i < 2 && c->tail; i++) {        /* reclaim a little */
-        sb_centry *e = c->tail;
-        if (e->expires == 0 || e->expires > now)
+    for (int k = 0; k < 2 && c->count; k++) {       /* reclaim a little */
+        uint32_t i = lru_tail(c);
+        if (!expired(&c->nodes[i], now))
             break;
-        drop_entry(c, e);
+        drop(c, i);
         c->expirations++;
     }
-    while (c->tail && ((c->max_entries && c->count > c->max_entries) ||
-                       (c->max_bytes && c->bytes > c->max_bytes))) {
-        drop_entry(c, c->tail);
+    while (c->count && ((c->max_entries && c->count > c->max_entries) ||
+                        (c->max_bytes && c->bytes > c->max_bytes))) {
+        drop(c, lru_tail(c));
         c->evictions++;
     }
+    if (c->count)                   /* the next set looks at it */
+        __builtin_prefetch(&c->nodes[lru_tail(c)]);
 }
 
 /* ------------------------------------------------------- the FFI door */
@@ -253,31 +503,27 @@ int sb_cache_get(sb_cache *c, const char *k, size_t kl, sb_cache_val *out)
 {
     if (c->closed)
         return SB_CV_NONE;
-    int found;
-    size_t i = find(c, hash_key(k, kl), k, kl, &found);
-    if (!found) {
+    size_t s;
+    int64_t f = find(c, hash_key(k, kl), k, kl, &s);
+    if (f < 0) {
         c->misses++;
         return SB_CV_NONE;
     }
-    sb_centry *e = c->slots[i].e;
-    if (e->expires != 0 && e->expires <= now_coarse()) {
-        drop(c, i);
+    uint32_t i = (uint32_t)f;
+    sb_cnode *n = &c->nodes[i];
+    if (n->expires != 0 && n->expires <= now_coarse()) {
+        drop_at(c, i, s);
         c->expirations++;
         c->misses++;
         return SB_CV_NONE;
     }
-    /* An entry moved to the front within the last count/4 moves is still in
-     * the front quarter of the list, far from eviction: leave it there and
-     * save the relinking (three cache lines). Small caches stay exact. */
-    if (c->head != e && (size_t)(uint32_t)(c->moves - e->stamp) > c->count / 4) {
-        lru_unlink(c, e);
-        lru_push_front(c, e);
-    }
+    if (c->pos[i] != c->hi - 1)     /* not already the most recent */
+        (void)lru_touch(c, i);      /* out of memory for the log: the use goes unrecorded */
     c->hits++;
-    out->num = e->num;
-    out->ptr = e->data + e->klen;
-    out->len = e->vlen;
-    return e->type;
+    out->num = n->num;
+    out->ptr = node_data(n) + n->klen;
+    out->len = n->vlen;
+    return n->type;
 }
 
 /* Store a value: type SB_CV_NUMBER uses num, the others bytes v/vl. ttl < 0
@@ -293,51 +539,57 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
     if (kl > UINT32_MAX || vl > UINT32_MAX)
         return 0;                   /* over 4 GiB: never cached */
     size_t need = ENTRY_OVERHEAD + kl + vl;
+    if (c->max_entries && c->count >= c->max_entries) {
+        /* Likely to evict the tail (prefetched by the last set): fetch its
+         * slot while this key is hashed and looked up. */
+        __builtin_prefetch(&c->slots[c->nodes[lru_tail(c)].hash & (c->cap - 1)]);
+    }
     uint64_t h = hash_key(k, kl);
-    int found;
-    size_t i = find(c, h, k, kl, &found);
+    size_t s;
+    int64_t f = find(c, h, k, kl, &s);
     if (c->max_bytes && need > c->max_bytes) {
-        if (found)
-            drop(c, i);             /* the old value must not outlive a refused set */
+        if (f >= 0)
+            drop_at(c, (uint32_t)f, s);     /* the old value must not outlive a refused set */
         return 0;
     }
-    sb_centry *e = found ? c->slots[i].e : NULL;
-    if (e) {                        /* replace: reuse the entry, resized if needed */
-        lru_unlink(c, e);
-        c->bytes -= entry_bytes(e);
-        if (e->vlen != vl) {
-            sb_centry *ne = realloc(e, sizeof *e + kl + vl);
-            if (ne == NULL) {
-                c->slots[i].e = e;  /* unchanged, back in front */
-                lru_push_front(c, e);
-                c->bytes += entry_bytes(e);
-                return -1;
-            }
-            e = ne;
-            c->slots[i].e = e;
-        }
+    uint32_t i;
+    sb_cnode *n;
+    if (f >= 0) {                   /* replace: the node keeps its key */
+        i = (uint32_t)f;
+        n = &c->nodes[i];
+        size_t old = entry_bytes(n);
+        if (node_store(n, 1, k, kl, v, vl) != 0)
+            return -1;              /* unchanged */
+        c->bytes -= old;
     } else {
-        e = malloc(sizeof *e + kl + vl);
-        if (e == NULL)
+        int64_t a = node_alloc(c);
+        if (a < 0)
             return -1;
-        e->klen = (uint32_t)kl;
-        memcpy(e->data, k, kl);
-        c->slots[i].hash = h;
-        c->slots[i].e = e;
+        i = (uint32_t)a;
+        n = &c->nodes[i];
+        n->ext = 0;
+        c->pos[i] = NOPOS;
+        if (node_store(n, 0, k, kl, v, vl) != 0) {
+            node_free(c, i);
+            return -1;
+        }
+        n->hash = (uint32_t)h;
+        c->slots[s].hash = (uint32_t)h;
+        c->slots[s].ref = i + 1;
         c->count++;
     }
-    e->vlen = (uint32_t)vl;
-    e->type = type;
-    e->num = num;
-    if (vl)
-        memcpy(e->data + kl, v, vl);
+    n->type = (uint8_t)type;
+    n->num = num;
     if (ttl < 0)
         ttl = c->ttl;
     double now = now_coarse();
-    e->expires = ttl > 0 ? now + ttl : 0;
-    lru_push_front(c, e);
+    n->expires = ttl > 0 ? now + ttl : 0;
     c->bytes += need;
     c->sets++;
+    if (lru_touch(c, i) != 0) {     /* no room to record the use: undo */
+        drop_at(c, i, s);
+        return -1;
+    }
     enforce(c, now);
     if (c->count * 2 > c->cap)
         grow(c);
@@ -349,217 +601,20 @@ int sb_cache_delete(sb_cache *c, const char *k, size_t kl)
 {
     if (c->closed)
         return 0;
-    int found;
-    size_t i = find(c, hash_key(k, kl), k, kl, &found);
-    if (!found)
+    size_t s;
+    int64_t f = find(c, hash_key(k, kl), k, kl, &s);
+    if (f < 0)
         return 0;
-    drop(c, i);
-    return 1;
-}
-
-/* ------------------------------------------------------- serialisation */
-
-/* Tags inside a serialised table. */
-enum { T_END = 0, T_NUM, T_STR, T_TRUE, T_FALSE, T_NULL, T_TABLE };
-
-/*
- * luaL_Buffer keeps pieces on the stack, so values are first copied into a
- * C buffer of our own; that keeps stack indexes stable while recursing.
- */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} sbuf;
-
-static int sbuf_put(sbuf *s, const void *p, size_t n)
-{
-    if (s->len + n > s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 256;
-        while (cap < s->len + n)
-            cap *= 2;
-        char *np = realloc(s->p, cap);
-        if (np == NULL)
-            return -1;
-        s->p = np;
-        s->cap = cap;
-    }
-    memcpy(s->p + s->len, p, n);
-    s->len += n;
-    return 0;
-}
-
-static int ser(lua_State *L, sbuf *s, int idx, int depth, const char **why)
-{
-    unsigned char tag;
-    switch (lua_type(L, idx)) {
-    case LUA_TNUMBER: {
-        double d = lua_tonumber(L, idx);
-        tag = T_NUM;
-        return sbuf_put(s, &tag, 1) || sbuf_put(s, &d, sizeof d);
-    }
-    case LUA_TSTRING: {
-        size_t n;
-        const char *str = lua_tolstring(L, idx, &n);
-        uint64_t len = n;
-        tag = T_STR;
-        return sbuf_put(s, &tag, 1) || sbuf_put(s, &len, sizeof len) || sbuf_put(s, str, n);
-    }
-    case LUA_TBOOLEAN:
-        tag = lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
-        return sbuf_put(s, &tag, 1);
-    case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL) {           /* json.null */
-            tag = T_NULL;
-            return sbuf_put(s, &tag, 1);
-        }
-        break;
-    case LUA_TTABLE: {
-        if (depth > SERIAL_MAX_DEPTH) {
-            *why = "nested deeper than 100 levels (a cycle?)";
-            return -1;
-        }
-        tag = T_TABLE;
-        if (sbuf_put(s, &tag, 1))
-            return -1;
-        if (!lua_checkstack(L, 3)) {
-            *why = "nested too deeply for the Lua stack";
-            return -1;
-        }
-        lua_pushnil(L);
-        while (lua_next(L, idx) != 0) {
-            int top = lua_gettop(L);
-            if (ser(L, s, top - 1, depth + 1, why) || ser(L, s, top, depth + 1, why)) {
-                lua_pop(L, 2);
-                return -1;
-            }
-            lua_pop(L, 1);
-        }
-        tag = T_END;
-        return sbuf_put(s, &tag, 1);
-    }
-    default:
-        break;
-    }
-    *why = lua_typename(L, lua_type(L, idx));
-    return -1;
-}
-
-/* core.encode(table) -> bytes. Raises for values that cannot be copied. */
-static int l_encode(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    sbuf s = {NULL, 0, 0};
-    const char *why = "out of memory";
-    lua_settop(L, 1);
-    if (ser(L, &s, 1, 0, &why) != 0) {
-        free(s.p);
-        if (strcmp(why, "out of memory") == 0 || strncmp(why, "nested", 6) == 0)
-            return luaL_error(L, "cache: cannot store the table: %s", why);
-        return luaL_error(L, "cache: cannot store a %s inside a table (values may be strings, numbers, "
-                             "booleans, json.null and tables of those)", why);
-    }
-    lua_pushlstring(L, s.p, s.len);
-    free(s.p);
-    return 1;
-}
-
-typedef struct {
-    const char *p, *end;
-} rbuf;
-
-static int de(lua_State *L, rbuf *r, int depth)
-{
-    if (r->p >= r->end || depth > SERIAL_MAX_DEPTH + 1)
-        return -1;
-    unsigned char tag = (unsigned char)*r->p++;
-    switch (tag) {
-    case T_NUM: {
-        double d;
-        if ((size_t)(r->end - r->p) < sizeof d)
-            return -1;
-        memcpy(&d, r->p, sizeof d);
-        r->p += sizeof d;
-        lua_pushnumber(L, d);
-        return 0;
-    }
-    case T_STR: {
-        uint64_t n;
-        if ((size_t)(r->end - r->p) < sizeof n)
-            return -1;
-        memcpy(&n, r->p, sizeof n);
-        r->p += sizeof n;
-        if ((uint64_t)(r->end - r->p) < n)
-            return -1;
-        lua_pushlstring(L, r->p, (size_t)n);
-        r->p += n;
-        return 0;
-    }
-    case T_TRUE:
-    case T_FALSE:
-        lua_pushboolean(L, tag == T_TRUE);
-        return 0;
-    case T_NULL:
-        lua_pushlightuserdata(L, NULL);
-        return 0;
-    case T_TABLE:
-        if (!lua_checkstack(L, 4))
-            return -1;
-        lua_newtable(L);
-        while (r->p < r->end && (unsigned char)*r->p != T_END) {
-            if (de(L, r, depth + 1) || de(L, r, depth + 1))
-                return -1;
-            lua_rawset(L, -3);
-        }
-        if (r->p >= r->end)
-            return -1;
-        r->p++;                                         /* T_END */
-        return 0;
-    default:
-        return -1;
-    }
-}
-
-/* core.decode(ptr_or_string [, len]) -> table. Takes a string, or the
- * lightuserdata/len that an FFI get returned (no copy in between). */
-static int l_decode(lua_State *L)
-{
-    const char *p;
-    size_t n;
-    if (lua_type(L, 1) == LUA_TSTRING) {
-        p = lua_tolstring(L, 1, &n);
-    } else {
-        p = lua_touserdata(L, 1);
-        n = (size_t)luaL_checknumber(L, 2);
-        if (p == NULL)
-            return luaL_argerror(L, 1, "bytes expected");
-    }
-    rbuf r = {p, p + n};
-    int top = lua_gettop(L);
-    if (de(L, &r, 0) != 0 || r.p != r.end) {
-        lua_settop(L, top);
-        return luaL_error(L, "cache: a stored table is corrupt");
-    }
-    return 1;
-}
-
-/* core.digest(s) -> 32 hex digits: two 64-bit hashes of s with different
- * seeds. For cache keys (not cryptographic: do not key secrets on it). */
-static int l_digest(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    uint64_t a = sb_hash64(s, n, SB_HASH_SEED), b = sb_hash64(s, n, 0xD6E8FEB86659FD93ULL);
-    char out[33];
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++) {
-        out[i] = hex[(a >> (60 - 4 * i)) & 15];
-        out[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
-    }
-    lua_pushlstring(L, out, 32);
+    drop_at(c, (uint32_t)f, s);
     return 1;
 }
 
 /* --------------------------------------------------------- the Lua door */
+
+/* In cache_ser.c: core.encode, core.decode, core.digest. */
+int sb_cache_encode(lua_State *L);
+int sb_cache_decode(lua_State *L);
+int sb_cache_digest(lua_State *L);
 
 typedef struct {
     sb_cache *c;
@@ -569,12 +624,12 @@ static void cache_free(sb_cache *c)
 {
     if (c == NULL)
         return;
-    sb_centry *e = c->head;
-    while (e) {
-        sb_centry *next = e->next;
-        free(e);
-        e = next;
-    }
+    for (uint32_t i = 0; i < c->nused; i++)
+        if (c->nodes[i].type != SB_CV_NONE && c->nodes[i].ext)
+            free(c->nodes[i].d.heap);
+    free(c->nodes);
+    free(c->pos);
+    free(c->order);
     free(c->slots);
     free(c);
 }
@@ -664,8 +719,13 @@ static int l_stats(lua_State *L)
 static int l_clear(lua_State *L)
 {
     sb_cache *c = check_cache(L);
-    while (c->head)
-        drop_entry(c, c->head);
+    for (uint32_t i = 0; i < c->nused; i++)
+        if (c->nodes[i].type != SB_CV_NONE && c->nodes[i].ext)
+            free(c->nodes[i].d.heap);
+    memset(c->slots, 0, c->cap * sizeof *c->slots);
+    c->count = c->bytes = 0;
+    c->nused = c->free_head = 0;
+    c->lo = c->hi = 0;
     return 0;
 }
 
@@ -674,15 +734,12 @@ static int l_purge(lua_State *L)
 {
     sb_cache *c = check_cache(L);
     double now = now_coarse(), n = 0;
-    sb_centry *e = c->head;
-    while (e) {
-        sb_centry *next = e->next;
-        if (e->expires != 0 && e->expires <= now) {
-            drop_entry(c, e);
+    for (uint32_t i = 0; i < c->nused; i++) {
+        if (c->nodes[i].type != SB_CV_NONE && expired(&c->nodes[i], now)) {
+            drop(c, i);
             c->expirations++;
             n++;
         }
-        e = next;
     }
     lua_pushnumber(L, n);
     return 1;
@@ -695,10 +752,11 @@ static int l_keys(lua_State *L)
     double now = now_coarse();
     lua_createtable(L, (int)c->count, 0);
     int i = 0;
-    for (sb_centry *e = c->head; e; e = e->next) {
-        if (e->expires != 0 && e->expires <= now)
+    for (uint32_t p = c->hi; p-- > c->lo;) {
+        sb_cnode *n = &c->nodes[c->order[p]];
+        if (c->pos[c->order[p]] != p || expired(n, now))
             continue;
-        lua_pushlstring(L, e->data, e->klen);
+        lua_pushlstring(L, node_data(n), n->klen);
         lua_rawseti(L, -2, ++i);
     }
     return 1;
@@ -710,13 +768,13 @@ static int l_ttl(lua_State *L)
     sb_cache *c = check_cache(L);
     size_t kl;
     const char *k = luaL_checklstring(L, 2, &kl);
-    int found;
-    size_t i = find(c, hash_key(k, kl), k, kl, &found);
-    sb_centry *e = found ? c->slots[i].e : NULL;
+    size_t s;
+    int64_t f = find(c, hash_key(k, kl), k, kl, &s);
     double now = now_coarse();
-    if (e == NULL || (e->expires != 0 && e->expires <= now))
+    if (f < 0 || expired(&c->nodes[f], now))
         return 0;
-    lua_pushnumber(L, e->expires == 0 ? HUGE_VAL : e->expires - now);
+    double exp = c->nodes[f].expires;
+    lua_pushnumber(L, exp == 0 ? HUGE_VAL : exp - now);
     return 1;
 }
 
@@ -739,11 +797,11 @@ int luaopen_sibyl_cache_core(lua_State *L)
     lua_createtable(L, 0, 8);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "new");
-    lua_pushcfunction(L, l_encode);
+    lua_pushcfunction(L, sb_cache_encode);
     lua_setfield(L, -2, "encode");
-    lua_pushcfunction(L, l_decode);
+    lua_pushcfunction(L, sb_cache_decode);
     lua_setfield(L, -2, "decode");
-    lua_pushcfunction(L, l_digest);
+    lua_pushcfunction(L, sb_cache_digest);
     lua_setfield(L, -2, "digest");
     lua_createtable(L, 0, 4);               /* addresses for ffi.cast */
     lua_pushlightuserdata(L, (void *)(uintptr_t)sb_cache_get);

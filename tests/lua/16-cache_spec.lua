@@ -99,6 +99,135 @@ describe("sibyl.cache memory", function()
         assert.are_not.equal(a, cache.memory("spec-shared"))   -- closed: a new one
     end)
 
+    it("stores keys and values inline or out of line across the size threshold", function()
+        -- a node keeps key + value inline up to 32 bytes; longer go to a block of their own
+        local c = cache.new{ max_entries = 0, max_bytes = 0 }
+        local want = {}
+        for kl = 0, 40 do
+            for _, vl in ipairs{ 0, 1, 7, 8, 16, 31 - kl, 32 - kl, 33 - kl, 40 } do
+                if vl >= 0 then
+                    local k = string.rep("k", kl) .. "/" .. vl
+                    local v = string.rep(string.char(65 + vl % 26), vl)
+                    c:set(k, v); want[k] = v
+                end
+            end
+            local k = string.rep("n", kl)
+            c:set(k, kl + 0.5); want[k] = kl + 0.5
+            c:set(k .. "?", kl % 2 == 0); want[k .. "?"] = kl % 2 == 0
+        end
+        local bytes = 0
+        for k, v in pairs(want) do
+            assert.are.equal(v, c:get(k), k)
+            bytes = bytes + 64 + #k + (type(v) == "string" and #v or 0)
+        end
+        assert.are.equal(bytes, c:stats().bytes)
+        -- keys that differ in one byte anywhere (the compare reads overlapping words)
+        local d = cache.new{ max_entries = 0 }
+        for len = 1, 40 do
+            local base = string.rep("a", len)
+            d:set(base, len)
+            for i = 1, len do d:set(base:sub(1, i - 1) .. "b" .. base:sub(i + 1), len * 100 + i) end
+        end
+        for len = 1, 40 do
+            local base = string.rep("a", len)
+            assert.are.equal(len, d:get(base))
+            for i = 1, len do assert.are.equal(len * 100 + i, d:get(base:sub(1, i - 1) .. "b" .. base:sub(i + 1))) end
+        end
+        assert.is_nil(d:get(string.rep("a", 41)))
+        c:set("", "empty key"); assert.are.equal("empty key", c:get(""))
+    end)
+
+    it("overwrites move a value between inline and out of line, keeping bytes exact", function()
+        local c = cache.new{ max_entries = 0, max_bytes = 0 }
+        local long = string.rep("L", 100)
+        local function bytes() return c:stats().bytes end
+        for _, k in ipairs{ "short", string.rep("K", 40) } do
+            local base = bytes()
+            c:set(k, 1); assert.are.equal(1, c:get(k)); assert.are.equal(base + 64 + #k, bytes())
+            c:set(k, long); assert.are.equal(long, c:get(k)); assert.are.equal(base + 64 + #k + 100, bytes())
+            c:set(k, "tiny"); assert.are.equal("tiny", c:get(k)); assert.are.equal(base + 64 + #k + 4, bytes())
+            c:set(k, { a = { 1, 2 } }); assert.are.same({ a = { 1, 2 } }, c:get(k))
+            c:set(k, long .. "!"); assert.are.equal(long .. "!", c:get(k))
+            c:set(k, true); assert.is_true(c:get(k)); assert.are.equal(base + 64 + #k, bytes())
+            c:set(k, json.null); assert.are.equal(json.null, c:get(k))
+            c:set(k, 0 / 0); local nan = c:get(k); assert.is_true(nan ~= nan)
+        end
+        assert.are.equal(2, c:count())
+        c:clear()
+        assert.are.equal(0, bytes()); assert.are.same({}, c:keys())
+        c:set("again", "x"); assert.are.equal("x", c:get("again"))
+    end)
+
+    it("evicts by bytes with inline and out-of-line entries in LRU order", function()
+        -- "kN" + a number: 64 + 2 bytes each
+        local c = cache.new{ max_entries = 0, max_bytes = 66 * 10 }
+        for i = 0, 9 do c:set("k" .. i, i) end
+        assert.are.equal(10, c:count()); assert.are.equal(660, c:stats().bytes)
+        c:get("k0")                                 -- k1 is now the least recent
+        c:set("big", string.rep("x", 150))          -- 217 bytes: k1, k2, k3, k4 go
+        assert.are.same({ "big", "k0", "k9", "k8", "k7", "k6", "k5" }, c:keys())
+        assert.are.equal(4, c:stats().evictions)
+        assert.is_true(c:stats().bytes <= 660)
+        c:set("big", 1)                             -- shrinks back inline: nothing more goes
+        assert.are.equal(4, c:stats().evictions)
+        assert.are.equal(6 * 66 + 67, c:stats().bytes)
+    end)
+
+    it("keeps exact LRU order through hits, overwrites, deletes and compactions", function()
+        local cap = 40
+        local c = cache.new{ max_entries = cap, max_bytes = 0 }
+        local order, vals = {}, {}                  -- the model: most recent first
+        local function index(k) for i, x in ipairs(order) do if x == k then return i end end end
+        local function touch(k)
+            local i = index(k)
+            if i then table.remove(order, i) end
+            table.insert(order, 1, k)
+        end
+        math.randomseed(7)
+        local evictions, hits = 0, 0
+        for step = 1, 30000 do
+            local n = math.random(1, 100)
+            local k = n <= 70 and ("k" .. n) or (string.rep("K", 30) .. n)    -- inline and out-of-line keys
+            local r = math.random()
+            if r < 0.3 then
+                local v = r < 0.1 and string.rep("v", math.random(0, 60)) or step
+                c:set(k, v)
+                vals[k] = v
+                touch(k)
+                if #order > cap then vals[table.remove(order)] = nil; evictions = evictions + 1 end
+            elseif r < 0.33 then
+                c:delete(k)
+                local i = index(k)
+                if i then table.remove(order, i); vals[k] = nil end
+            else
+                local v = c:get(k)
+                assert.are.equal(vals[k], v)
+                if v ~= nil then touch(k); hits = hits + 1 end
+            end
+        end
+        assert.are.same(order, c:keys())
+        local s = c:stats()
+        assert.are.equal(evictions, s.evictions)
+        assert.are.equal(hits, s.hits)
+        local bytes = 0
+        for k, v in pairs(vals) do bytes = bytes + 64 + #k + (type(v) == "string" and #v or 0) end
+        assert.are.equal(bytes, s.bytes)
+    end)
+
+    it("expires, purges and reuses inline entries", function()
+        local c = cache.new{ max_entries = 0 }
+        for i = 1, 100 do c:set("t" .. i, i, 0.05) end
+        for i = 1, 100 do c:set("f" .. i, string.rep("s", i)) end
+        sibyl.sleep(0.08)
+        assert.are.equal(100, c:purge())
+        assert.are.equal(100, c:count())
+        assert.is_nil(c:get("t5"))
+        for i = 1, 100 do assert.are.equal(i, #c:get("f" .. i)) end
+        for i = 1, 100 do c:set("t" .. i, -i) end
+        for i = 1, 100 do assert.are.equal(-i, c:get("t" .. i)) end
+        assert.are.equal(200, c:count())
+    end)
+
     it("holds 100,000 entries and finds them all", function()
         local c = cache.new{ max_entries = 0, max_bytes = 0 }
         for i = 1, 100000 do c:set("key:" .. i, i) end
