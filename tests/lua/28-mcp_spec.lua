@@ -120,6 +120,19 @@ describe("sibyl.mcp over Streamable HTTP", function()
         end)
     end
 
+    it("opens a new 2025-xx session when the server dropped the old one", function()
+        local srv = dofile(FIXTURE)
+        local s = assert(srv:listen{ port = 0 })
+        finally(function() s:close() end)
+        local c = assert(mcp.connect{ url = "http://127.0.0.1:" .. s.port .. "/mcp", protocol = LEGACY })
+        assert.are.equal(5, assert(c:call_tool("add", { a = 2, b = 3 })).structuredContent.sum)
+        local old = c.transport.session
+        srv.http_sessions[old] = nil                        -- as if it expired on the server
+        assert.are.equal(7, assert(c:call_tool("add", { a = 3, b = 4 })).structuredContent.sum)
+        assert.are_not.equal(old, c.transport.session)
+        c:close()
+    end)
+
     it("pages tools/list", function()
         local srv = dofile(FIXTURE)
         srv.page_size = 3

@@ -175,6 +175,16 @@ function client:_request(method, params, opts, version)
     end
     local r, err = self:_exchange(msg, timeout or nil, headers)
     if token then self._progress[token] = nil end
+    if not r and err.session_gone and not opts._retried then
+        -- 2025-xx over HTTP: the server dropped our session (404). The
+        -- specification says to start a new one; then try the call once more.
+        local ok, ierr = self:_initialize(self.protocol_version)
+        if not ok then return nil, ierr end
+        local o = {}
+        for k, v in pairs(opts) do o[k] = v end
+        o._retried = true
+        return self:_request(method, params, o)
+    end
     if not r then return nil, err end
     if r.error ~= nil then
         local e = type(r.error) == "table" and r.error or { message = tostring(r.error) }

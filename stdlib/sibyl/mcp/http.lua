@@ -96,12 +96,13 @@ function transport:exchange(msg, headers, on_message)
     end
     local body = parts and concat(parts) or ""
     if msg.id == nil and status >= 200 and status < 300 then return true end
+    if status == 404 and self.session and msg.method ~= "initialize" then
+        self.session = nil                      -- 2025-xx: the session is gone (expired, or ended)
+        return nil, sibyl.error("closed", format("mcp: the server at %s ended the session (HTTP 404)", self.url),
+                                { status = status, body = body, session_gone = true })
+    end
     local m = message_of(body, status)
     if m then return m end
-    if status == 404 and self.session and msg.method ~= "initialize" then
-        return nil, sibyl.error("closed", format("mcp: the server at %s ended the session (HTTP 404)", self.url),
-                                { status = status, body = body })
-    end
     if status >= 400 then
         return nil, sibyl.error("http", format("mcp: HTTP %d from %s: %s", status, self.url, body:sub(1, 300)),
                                 { status = status, body = body })
