@@ -270,6 +270,31 @@ return { tools = { { name = "hi", fn = function() print("called"); return "hi" e
         p:close_stdin()
         assert.are.equal(0, p:wait().code)                     -- EOF on stdin ends the server
     end)
+
+    it("fails the calls in flight on an oversized answer, and goes on", function()
+        local c = assert(stdio_client{ max_message = 2000 })
+        finally(function() c:close() end)
+        local r, err = c:call_tool("echo", { text = ("y"):rep(5000) })
+        assert.is_nil(r)
+        assert.are.equal("limit", err.kind)
+        assert.matches("over 2000 bytes", err.message)
+        assert.are.equal(5, assert(c:call_tool("add", { a = 2, b = 3 })).structuredContent.sum)
+    end)
+
+    it("refuses an oversized message and reads on", function()
+        local p = assert(process.spawn{ SIBYL, "mcp", "serve", FIXTURE, env = { MCP_MAX_MESSAGE = "1024" } })
+        finally(function() p:close() end)
+        assert(p:write(json.encode{ jsonrpc = "2.0", id = 1, method = "tools/call",
+                                    params = { name = "echo", arguments = { text = ("x"):rep(4000) } } } .. "\n"))
+        local e = json.decode(assert(p:read_line()))
+        assert.are.equal(-32600, e.error.code)
+        assert.matches("message too large", e.error.message)
+        assert(p:write(json.encode{ jsonrpc = "2.0", id = 2, method = "initialize", params = {
+            protocolVersion = LEGACY, capabilities = {}, clientInfo = { name = "t", version = "1" } } } .. "\n"))
+        local r = json.decode(assert(p:read_line()))
+        assert.are.equal(2, r.id)
+        assert.are.equal(LEGACY, r.result.protocolVersion)
+    end)
 end)
 
 

@@ -527,7 +527,12 @@ function _M.connect(opts)
                 c._pending[m.id] = nil
                 if f then f:set(m) end
             end,
-            function(e) c:_lost(e) end)
+            function(e) c:_lost(e) end,
+            function(e)                 -- an oversized message: fail the calls in flight
+                local pending = c._pending
+                c._pending = {}
+                for _, f in pairs(pending) do f:set(nil, e) end
+            end)
     elseif opts.url then
         t, err = require("sibyl.mcp.http").open(opts)
     else

@@ -35,6 +35,7 @@ _M.defaults = {
     page_size = 100,        -- items per tools/list, resources/list, prompts/list page
     ttl_ms = 0,             -- 2026-07-28 cache hint on list and read results
     max_sessions = 1000,    -- legacy HTTP sessions kept (least recently used go first)
+    max_message = 16 * 1024 * 1024, -- stdio: longest message (line); longer ones get an error
 }
 
 local server = {}
@@ -408,13 +409,19 @@ end
 -- process's stdin/stdout via sibyl.process.stdio()) until end of input.
 -- Each request runs in its own task; notifications/cancelled cancels it.
 function server:serve_stdio(stream)
-    stream = stream or require("sibyl.process").stdio()
+    stream = stream or require("sibyl.process").stdio{ max_line = self.max_message }
     local sess = { running = {}, subs = {} }
     sess.send = function(m) return stream:write(json.encode(m) .. "\n") end
     self.sessions[sess] = true
     while true do
-        local line = stream:read_line()
-        if not line then break end
+        local line, rerr = stream:read_line()
+        if not line and rerr and rerr.kind == "limit" then
+            -- an oversized message: refuse it and read on (the stream skips it)
+            sess.send(rpc_error(json.null, code.INVALID_REQUEST, "message too large: " .. tostring(rerr.message)))
+            line = ""
+        elseif not line then
+            break
+        end
         if line ~= "" then
             local msg, perr = json.decode(line)
             if type(msg) ~= "table" then
@@ -460,6 +467,7 @@ function _M.new(opts)
         page_size = opts.page_size or _M.defaults.page_size,
         ttl_ms = opts.ttl_ms or _M.defaults.ttl_ms,
         max_sessions = opts.max_sessions or _M.defaults.max_sessions,
+        max_message = opts.max_message or _M.defaults.max_message,
         tools = {}, tool_list = {}, resources = {}, resource_list = {}, prompts = {}, prompt_list = {},
         sessions = setmetatable({}, { __mode = "k" }), subscriptions = setmetatable({}, { __mode = "k" }),
         http_sessions = {}, n_http_sessions = 0,

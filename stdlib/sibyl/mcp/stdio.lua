@@ -47,15 +47,17 @@ end
 
 -- The reader task: every line is a message; responses go to on_response,
 -- the rest to on_message. EOF or a read error ends it and fails the calls.
-function transport:_read_loop(on_message, on_response, on_lost)
+function transport:_read_loop(on_message, on_response, on_lost, on_oversize)
     local proc = self.proc
     while true do
         local line, err = proc:read_line()
-        if not line then
-            if err and err.kind == "limit" then
-                io.stderr:write("mcp: a message from the server was over ", tostring(self.max_message),
-                                " bytes; closing (raise opts.max_message)\n")
-            end
+        if not line and err and err.kind == "limit" then
+            -- Skipped (the stream reads on). Whose answer it was is unknown: fail
+            -- the calls in flight rather than leave one waiting for nothing.
+            on_oversize(sibyl.error("limit", format("mcp: a message from the server was over %d bytes "
+                .. "and was dropped (raise opts.max_message)", self.max_message)))
+            line = ""
+        elseif not line then
             break
         end
         if line ~= "" then
@@ -94,7 +96,7 @@ end
 
 --- Spawn the server: a transport or nil, err. opts.command is {cmd, args...}
 -- (or a string run through /bin/sh -c); env, cwd, grace, max_message.
-function _M.open(opts, on_message, on_response, on_lost)
+function _M.open(opts, on_message, on_response, on_lost, on_oversize)
     local argv = opts.command
     if type(argv) == "string" then
         argv = { "/bin/sh", "-c", argv }
@@ -112,7 +114,7 @@ function _M.open(opts, on_message, on_response, on_lost)
         proc = proc, name = format("%q", spec[1]), grace = opts.grace or _M.defaults.grace,
         max_message = spec.max_line,
     }, transport_mt)
-    t.reader = sibyl.spawn(transport._read_loop, t, on_message, on_response, on_lost)
+    t.reader = sibyl.spawn(transport._read_loop, t, on_message, on_response, on_lost, on_oversize)
     return t
 end
 
