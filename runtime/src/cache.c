@@ -181,12 +181,7 @@ static inline uint64_t hash_key(const char *k, size_t n)
     } else {
         w = 0;
     }
-    h ^= w;
-    h ^= h >> 30;
-    h *= 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 27;
-    h *= 0x94D049BB133111EBULL;
-    return h ^ (h >> 31);
+    return sb_hash_final(h ^ w);
 }
 
 /* Key equality without a libc call, by (overlapping) word loads. */
@@ -220,19 +215,11 @@ static inline char *node_data(sb_cnode *n)
  */
 static void *alloc_big(size_t bytes, int zero)
 {
-    void *p = NULL;
     size_t huge = (size_t)2 << 20;
-    if (bytes >= huge / 2) {
+    if (bytes >= huge / 2)                  /* what sb_alloc_big will really take */
         bytes = (bytes + huge - 1) & ~(huge - 1);
-        if (posix_memalign(&p, huge, bytes) != 0)
-            return NULL;
-#ifdef MADV_HUGEPAGE
-        madvise(p, bytes, MADV_HUGEPAGE);   /* advice only: failure is fine */
-#endif
-    } else if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
-        return NULL;
-    }
-    if (zero)
+    void *p = sb_alloc_big(bytes, huge / 2);
+    if (p && zero)
         memset(p, 0, bytes);
     return p;
 }

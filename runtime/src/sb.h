@@ -90,6 +90,10 @@ const char *sb_opt_str(lua_State *L, int t, const char *k, const char *def);
 double sb_opt_num(lua_State *L, int t, const char *k, double def);
 int sb_opt_bool(lua_State *L, int t, const char *k, int def);
 
+/* A large 64-byte aligned array; from huge_from bytes on, on transparent
+ * huge pages (util.c). Free with free(). */
+void *sb_alloc_big(size_t bytes, size_t huge_from);
+
 /* ---------------------------------------------------------------- runtime */
 
 struct sibyl_rt {

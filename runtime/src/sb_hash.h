@@ -11,6 +11,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* splitmix64's finaliser: every input bit reaches every output bit. */
+static inline uint64_t sb_hash_final(uint64_t h)
+{
+    h ^= h >> 30;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 27;
+    h *= 0x94D049BB133111EBULL;
+    return h ^ (h >> 31);
+}
+
 static inline uint64_t sb_hash64(const void *p, size_t n, uint64_t seed)
 {
     const unsigned char *k = p;
@@ -26,12 +36,7 @@ static inline uint64_t sb_hash64(const void *p, size_t n, uint64_t seed)
     uint64_t w = 0;                 /* the tail, by shifts: no store-forwarding stall */
     for (size_t i = 0; i < n; i++)
         w |= (uint64_t)k[i] << (8 * i);
-    h ^= w;
-    h ^= h >> 30;
-    h *= 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 27;
-    h *= 0x94D049BB133111EBULL;
-    return h ^ (h >> 31);
+    return sb_hash_final(h ^ w);
 }
 
 #define SB_HASH_SEED 0x9E3779B97F4A7C15ULL

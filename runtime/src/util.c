@@ -1,5 +1,6 @@
 /*
- * util.c -- error objects and userdata metatables shared by every module.
+ * util.c -- error objects, userdata metatables, option helpers and large
+ * allocations shared by every module.
  *
  * Error objects are plain tables {kind=, message=, ...} carrying one shared
  * metatable whose __tostring renders "kind: message". Lua code builds them
@@ -7,7 +8,9 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "sb.h"
 
@@ -164,4 +167,28 @@ int sb_opt_bool(lua_State *L, int t, const char *k, int def)
     int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
     lua_pop(L, 1);
     return v;
+}
+
+/*
+ * Large arrays (cache nodes, vector rows): 64-byte aligned; from `huge_from`
+ * bytes on, rounded up to 2 MiB, 2 MiB aligned and asked to be backed by
+ * transparent huge pages (fewer TLB misses on random or streaming access).
+ * Free with free(). NULL when out of memory.
+ */
+void *sb_alloc_big(size_t bytes, size_t huge_from)
+{
+    void *p = NULL;
+    size_t huge = (size_t)2 << 20;
+    if (bytes >= huge_from) {
+        bytes = (bytes + huge - 1) & ~(huge - 1);
+        if (posix_memalign(&p, huge, bytes) != 0)
+            return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);   /* advice only: failure is fine */
+#endif
+        return p;
+    }
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        return NULL;
+    return p;
 }

@@ -68,20 +68,7 @@ void sb_vstore_release(sb_vstore *s)
  */
 static void *alloc_rows(size_t bytes)
 {
-    void *p = NULL;
-    size_t huge = (size_t)2 << 20;
-    if (bytes >= 2 * huge) {
-        bytes = (bytes + huge - 1) & ~(huge - 1);
-        if (posix_memalign(&p, huge, bytes) != 0)
-            return NULL;
-#ifdef MADV_HUGEPAGE
-        madvise(p, bytes, MADV_HUGEPAGE);   /* advice only: failure is fine */
-#endif
-        return p;
-    }
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
-        return NULL;
-    return p;
+    return sb_alloc_big(bytes, (size_t)4 << 20);
 }
 
 /* A store of cap rows (one reference), or NULL. */
