@@ -39,7 +39,7 @@ local function exercise(c)
     local tools = assert(c:list_tools())
     local names = {}
     for _, t in ipairs(tools) do names[#names + 1] = t.name end
-    assert.are.same({ "add", "echo", "fail", "raise", "slow", "stats", "crash", "add_tool" }, names)
+    assert.are.same({ "add", "echo", "fail", "raise", "slow", "stats", "liar", "crash", "add_tool" }, names)
     assert.are.equal("Add two numbers", tools[1].description)
     assert.are.equal("object", tools[1].inputSchema.type)
 
@@ -60,6 +60,11 @@ local function exercise(c)
     r = assert(c:call_tool("add", { a = "two" }))
     assert.is_true(r.isError)
     assert.matches("invalid arguments for add", r.content[1].text)
+
+    r = assert(c:call_tool("liar", {}))                  -- the server checks its own outputSchema
+    assert.is_true(r.isError)
+    assert.matches("does not match its outputSchema", r.content[1].text)
+    assert.are.equal("integer", tools[6].outputSchema.properties.finished.type)
 
     local none, err = c:call_tool("nope", {})
     assert.is_nil(none)
@@ -145,7 +150,7 @@ describe("sibyl.mcp over Streamable HTTP", function()
         assert.are.equal(0, page.ttlMs)
         assert.are.equal("public", page.cacheScope)
         assert.are.equal("complete", page.resultType)
-        assert.are.equal(8, #assert(c:list_tools()))
+        assert.are.equal(9, #assert(c:list_tools()))
         local bad, err = c:request("tools/list", { cursor = "zzz" })
         assert.is_nil(bad)
         assert.are.equal(-32602, err.code)
@@ -395,7 +400,7 @@ describe("the MCP HTTP endpoint", function()
         assert.are.equal(202, note.status)
         local r1, m1 = post(list, { ["Mcp-Session-Id"] = sid, ["MCP-Protocol-Version"] = "2025-06-18" })
         assert.are.equal(200, r1.status)
-        assert.are.equal(8, #m1.result.tools)
+        assert.are.equal(9, #m1.result.tools)
         assert.is_nil(m1.result.resultType)
         local del = assert(http.request{ method = "DELETE", url = url, headers = { ["Mcp-Session-Id"] = sid } })
         assert.are.equal(200, del.status)
@@ -492,6 +497,35 @@ describe("protocol negotiation", function()
         local c = assert(mcp.connect{ url = url, protocol = "auto" })
         assert.are.equal(MODERN, c.protocol_version)
         assert.are.same({ MODERN }, seen)
+        c:close()
+    end)
+end)
+
+
+describe("the client's checks on results", function()
+    it("refuses structuredContent that breaks the tool's outputSchema", function()
+        local s = assert(server.listen{ port = 0, routes = { ["POST /mcp"] = function(req)
+            local m = req:json()
+            local result
+            if m.method == "server/discover" then
+                result = { supportedVersions = { MODERN }, capabilities = { tools = {} }, ttlMs = 0, cacheScope = "public" }
+            elseif m.method == "tools/list" then
+                result = { tools = { { name = "count", inputSchema = { type = "object" },
+                    outputSchema = { type = "object", properties = { n = { type = "integer" } }, required = { "n" } } } },
+                    ttlMs = 0, cacheScope = "public" }
+            else
+                result = { content = { { type = "text", text = "{}" } }, structuredContent = { n = "many" } }
+            end
+            result.resultType = "complete"
+            return { jsonrpc = "2.0", id = m.id, result = result }
+        end } })
+        finally(function() s:close() end)
+        local c = assert(mcp.connect{ url = "http://127.0.0.1:" .. s.port .. "/mcp" })
+        assert.are.equal(1, #assert(c:list_tools()))
+        local r, err = c:call_tool("count", {})
+        assert.is_nil(r)
+        assert.are.equal("parse", err.kind)
+        assert.matches("does not match the tool's outputSchema: %$%.n: expected integer", err.message)
         c:close()
     end)
 end)

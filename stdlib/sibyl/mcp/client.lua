@@ -20,6 +20,7 @@
 local sibyl = require "sibyl"
 local json = require "sibyl.json"
 local proto = require "sibyl.mcp.protocol"
+local schema = require "sibyl.schema"
 
 local type, pairs, ipairs, next, tostring, setmetatable, error, pcall =
     type, pairs, ipairs, next, tostring, setmetatable, error, pcall
@@ -378,7 +379,27 @@ function client:call_tool(name, args, opts)
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
     o.param_headers = self:_param_headers(name, args or {})
-    return self:_request("tools/call", { name = name, arguments = args or {} }, o)
+    local r, err = self:_request("tools/call", { name = name, arguments = args or {} }, o)
+    if not r then return nil, err end
+    -- A tool that declares an outputSchema must keep to it (checked when
+    -- list_tools has seen the tool and sibyl.schema can compile the schema).
+    local d = self._tool_defs and self._tool_defs[name]
+    if d and d.tool.outputSchema ~= nil and not r.isError then
+        if d.out_validator == nil then
+            local ok, v = pcall(schema.compile, d.tool.outputSchema)
+            d.out_validator = ok and v or false
+        end
+        if d.out_validator then
+            local sc = r.structuredContent
+            local good, errs = false, nil
+            if sc ~= nil then good, errs = d.out_validator:validate(sc) end
+            if not good then
+                return proto.fail("parse", format("tools/call %s: the result does not match the tool's outputSchema: %s",
+                    name, sc == nil and "no structuredContent" or schema.describe(errs)), { result = r })
+            end
+        end
+    end
+    return r
 end
 
 function client:list_resources(opts) return self:_list("resources/list", "resources", opts) end

@@ -59,9 +59,15 @@ function server:tool(t)
     if not ok then error(format("mcp server:tool: tool %q: bad parameters schema: %s", t.name, tostring(v)), 2) end
     local ph, why = proto.param_headers(params)
     if not ph then error(format("mcp server:tool: tool %q: %s", t.name, why), 2) end
+    local out_schema, out_v = t.output_schema or t.outputSchema, nil
+    if out_schema ~= nil then
+        local ook
+        ook, out_v = pcall(schema.compile, out_schema)
+        if not ook then error(format("mcp server:tool: tool %q: bad output_schema: %s", t.name, tostring(out_v)), 2) end
+    end
     local def = { name = t.name, title = t.title, description = t.description or "", inputSchema = params,
-                  outputSchema = t.output_schema or t.outputSchema, annotations = t.annotations }
-    self.tools[t.name] = { def = def, fn = t.fn, validator = v, param_headers = ph }
+                  outputSchema = out_schema, annotations = t.annotations }
+    self.tools[t.name] = { def = def, fn = t.fn, validator = v, out_validator = out_v, param_headers = ph }
     self.tool_list[#self.tool_list + 1] = t.name
     self:changed("tools")
     return self
@@ -174,6 +180,11 @@ local function tool_result(r)
 end
 
 
+local function tool_text(err)
+    return err == nil and "no result" or tostring(err)
+end
+
+
 local function tool_error(msg)
     return { content = array{ { type = "text", text = msg } }, isError = true }
 end
@@ -212,10 +223,22 @@ function H.call_tool(self, params, ctx)
         return tool_error("the tool " .. name .. " failed: " .. first)
     end
     if r == nil then
-        local msg = type(err) == "table" and (err.message or json.encode(err)) or tostring(err or "no result")
+        local msg = type(err) == "table" and (err.message or json.encode(err)) or tool_text(err)
         return tool_error(msg)
     end
-    return tool_result(r)
+    local res = tool_result(r)
+    if t.out_validator and not res.isError then
+        -- A tool with an outputSchema must return structured content that matches it.
+        local sc = res.structuredContent
+        local good, oerrs = false, nil
+        if sc ~= nil then good, oerrs = t.out_validator:validate(sc) end
+        if not good then
+            local why = sc == nil and "it returned no structured content (return a table)" or schema.describe(oerrs)
+            io.stderr:write(format("mcp: tool %s broke its outputSchema: %s\n", name, why))
+            return tool_error(format("the tool %s returned a result that does not match its outputSchema: %s", name, why))
+        end
+    end
+    return res
 end
 
 function H.list_resources(self, params)
