@@ -87,6 +87,55 @@ function server:resource(r)
 end
 
 
+-- A URI template ("note://{name}", "file:///{+path}") as a Lua pattern and
+-- the names of its variables: {var} matches one segment (no "/"), {+var}
+-- anything. Simple (level 1 and 2) expressions only.
+local function template_matcher(t)
+    local names = {}
+    local pat = t:gsub("([^{}]*)({?)([+]?)([%w_]*)(}?)", function(lit, open, plus, name, close)
+        local out = lit:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+        if open == "{" and close == "}" and name ~= "" then
+            names[#names + 1] = name
+            out = out .. (plus == "+" and "(.+)" or "([^/]+)")
+        elseif open ~= "" or close ~= "" then
+            error(format("mcp server:resource_template: bad URI template %q", t), 4)
+        end
+        return out
+    end)
+    return "^" .. pat .. "$", names
+end
+
+
+--- Add a resource template: {uri_template = "note://{name}", name,
+-- description, mime_type, read = function(uri, vars, ctx)} (vars holds the
+-- template's variables, percent-decoded). resources/read tries templates,
+-- in the order added, for a URI that is not a plain resource.
+function server:resource_template(r)
+    if type(r) ~= "table" or type(r.uri_template) ~= "string" or type(r.read) ~= "function" then
+        error("mcp server:resource_template{...}: needs uri_template and read = function(uri, vars, ctx)", 2)
+    end
+    local pat, names = template_matcher(r.uri_template)
+    self.templates[#self.templates + 1] = { def = r, pattern = pat, names = names }
+    return self
+end
+
+
+-- The template resource for uri: a resource-like table, or nil.
+function server:_from_template(uri)
+    local unescape = require("sibyl.http").unescape
+    for _, t in ipairs(self.templates) do
+        local caps = { uri:match(t.pattern) }
+        if caps[1] ~= nil then
+            local vars = {}
+            for i, n in ipairs(t.names) do vars[n] = unescape(caps[i]) end
+            local read = t.def.read
+            return { mime_type = t.def.mime_type or t.def.mimeType,
+                     read = function(u, ctx) return read(u, vars, ctx) end }
+        end
+    end
+end
+
+
 --- Add a prompt: {name, description, arguments = {{name, description,
 -- required}}, get = function(args, ctx) -> string | {messages=, description=}}.
 function server:prompt(p)
@@ -134,7 +183,7 @@ end
 
 function server:capabilities()
     local caps = { tools = { listChanged = true } }
-    if #self.resource_list > 0 then caps.resources = { listChanged = true } end
+    if #self.resource_list > 0 or #self.templates > 0 then caps.resources = { listChanged = true } end
     if #self.prompt_list > 0 then caps.prompts = { listChanged = true } end
     return caps
 end
@@ -251,13 +300,19 @@ function H.list_resources(self, params)
     return { resources = list, nextCursor = next_cursor }
 end
 
-function H.list_templates()
-    return { resourceTemplates = array{} }
+function H.list_templates(self)
+    local out = array{}
+    for i, t in ipairs(self.templates) do
+        local d = t.def
+        out[i] = { uriTemplate = d.uri_template, name = d.name or d.uri_template, title = d.title,
+                   description = d.description, mimeType = d.mime_type or d.mimeType }
+    end
+    return { resourceTemplates = out }
 end
 
 function H.read_resource(self, params, ctx)
     local uri = params.uri
-    local r = type(uri) == "string" and self.resources[uri]
+    local r = type(uri) == "string" and (self.resources[uri] or self:_from_template(uri))
     if not r then
         return nil, ctx.era == "modern" and code.INVALID_PARAMS or code.RESOURCE_NOT_FOUND_LEGACY,
                "resource not found: " .. tostring(uri), { uri = uri }
@@ -492,11 +547,14 @@ function _M.new(opts)
         max_sessions = opts.max_sessions or _M.defaults.max_sessions,
         max_message = opts.max_message or _M.defaults.max_message,
         tools = {}, tool_list = {}, resources = {}, resource_list = {}, prompts = {}, prompt_list = {},
+        templates = {},
         sessions = setmetatable({}, { __mode = "k" }), subscriptions = setmetatable({}, { __mode = "k" }),
         http_sessions = {}, n_http_sessions = 0,
     }, server_mt)
     for _, t in ipairs(opts.tools or {}) do s:tool(t) end
-    for _, r in ipairs(opts.resources or {}) do s:resource(r) end
+    for _, r in ipairs(opts.resources or {}) do
+        if r.uri_template then s:resource_template(r) else s:resource(r) end
+    end
     for _, p in ipairs(opts.prompts or {}) do s:prompt(p) end
     return s
 end
