@@ -443,6 +443,47 @@ describe("the MCP HTTP endpoint", function()
 end)
 
 
+describe("the MCP server on malformed requests", function()
+    it("answers 3,000 random messages without raising, always with JSON-RPC", function()
+        local srv = dofile(FIXTURE)
+        math.randomseed(7)
+        local methods = { "initialize", "ping", "server/discover", "tools/list", "tools/call", "resources/list",
+            "resources/read", "resources/templates/list", "prompts/list", "prompts/get", "notifications/cancelled",
+            "notifications/initialized", "subscriptions/listen", "bogus", 5, false }
+        local keys = { "name", "arguments", "uri", "cursor", "_meta", "protocolVersion", "a", "b", "text", 1, 2 }
+        local function rnd(depth)
+            local r = math.random(depth > 3 and 6 or 10)
+            if r == 1 then return math.random(-5, 5) end
+            if r == 2 then return ("x"):rep(math.random(0, 5)) end
+            if r == 3 then return json.null end
+            if r == 4 then return math.random() < 0.5 end
+            if r == 5 then return 1 / 0 end
+            if r == 6 then return ({ "add", "echo", "fail", "greet", "mem://greeting", "note://a/b" })[math.random(6)] end
+            local t = {}
+            for _ = 1, math.random(0, 4) do t[keys[math.random(#keys)]] = rnd(depth + 1) end
+            if math.random() < 0.3 then
+                t._meta = { ["io.modelcontextprotocol/protocolVersion"] = math.random() < 0.7 and MODERN or rnd(depth + 1),
+                            progressToken = rnd(depth + 1) }
+            end
+            return t
+        end
+        for i = 1, 3000 do
+            local msg = { jsonrpc = math.random() < 0.9 and "2.0" or rnd(2), id = math.random() < 0.8 and i or nil,
+                          method = methods[math.random(#methods)], params = rnd(0) }
+            local sess = { send = function() return true end, running = {} }
+            if math.random() < 0.5 then sess.era, sess.version = "legacy", LEGACY end
+            local ok, r = pcall(srv.handle, srv, msg, sess)
+            assert.is_true(ok, tostring(r))
+            if r ~= nil then
+                assert.are.equal("2.0", r.jsonrpc)
+                assert.is_true(r.result ~= nil or type(r.error) == "table")
+                assert.is_string(json.encode(r))
+            end
+        end
+    end)
+end)
+
+
 describe("protocol negotiation", function()
     local function fake(handler)
         local s = assert(server.listen{ port = 0, routes = { ["POST /mcp"] = handler } })
