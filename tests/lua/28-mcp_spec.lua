@@ -204,6 +204,21 @@ describe("sibyl.mcp over stdio (sibyl mcp serve)", function()
         assert.are.equal("closed", again.kind)
     end)
 
+    it("starts a crashed server again with restart = true (at most max_restarts times)", function()
+        local c = assert(stdio_client{ restart = true, max_restarts = 1 })
+        finally(function() c:close() end)
+        local pid = c.transport.proc.pid
+        local _, err = c:call_tool("crash", {})
+        assert.are.equal("closed", err.kind)                  -- the call in flight is lost
+        assert.are.equal(5, assert(c:call_tool("add", { a = 2, b = 3 })).structuredContent.sum)
+        assert.are_not.equal(pid, c.transport.proc.pid)
+        assert.are.equal(1, c.restarts)
+        local _, err2 = c:call_tool("crash", {})
+        assert.are.equal("closed", err2.kind)
+        local _, err3 = c:call_tool("add", { a = 1, b = 1 })  -- no restarts left
+        assert.are.equal("closed", err3.kind)
+    end)
+
     it("gives up on a server that never answers, and leaves no process behind", function()
         local marker = "sibyl-mcp-silent-" .. tostring(math.random(1e9))
         local t0 = sibyl.now()

@@ -37,6 +37,7 @@ _M.defaults = {
     protocol = "auto",          -- "auto", or one version ("2026-07-28", "2025-11-25", ...)
     max_pages = 100,            -- list calls follow nextCursor at most this often
     client_info = { name = "sibyl", version = "0.1.0" },
+    max_restarts = 5,           -- stdio with restart = true: new server processes at most
 }
 
 local client = {}
@@ -160,6 +161,11 @@ end
 function client:_request(method, params, opts, version)
     opts = opts or {}
     version = version or self.protocol_version
+    if self.lost and not self.closed and self.opts and self.opts.restart and self.opts.command
+       and method ~= "initialize" and method ~= "server/discover" then
+        local ok, rerr = self:_restart()
+        if not ok then return nil, rerr end
+    end
     local id = self._next_id
     self._next_id = id + 1
     local token
@@ -523,6 +529,51 @@ function client:close()
 end
 
 
+-- Open the transport opts asks for: stdio (spawn) or HTTP.
+function client:_open(opts)
+    if opts.command then
+        return require("sibyl.mcp.stdio").open(opts, function(m) self:_incoming(m) end,
+            function(m)                 -- a response: wake its caller (gone if it was cancelled)
+                local f = self._pending[m.id]
+                self._pending[m.id] = nil
+                if f then f:set(m) end
+            end,
+            function(e) self:_lost(e) end,
+            function(e)                 -- an oversized message: fail the calls in flight
+                local pending = self._pending
+                self._pending = {}
+                for _, f in pairs(pending) do f:set(nil, e) end
+            end)
+    elseif opts.url then
+        return require("sibyl.mcp.http").open(opts)
+    end
+    error("mcp.connect: give opts.command (stdio: a list {cmd, args...}) or opts.url (Streamable HTTP)", 3)
+end
+
+
+-- stdio with opts.restart: the server went away, so start it again and
+-- redo the handshake (at most opts.max_restarts times). true or nil, err.
+function client:_restart()
+    local opts = self.opts
+    if self.restarts >= (opts.max_restarts or _M.defaults.max_restarts) then
+        return nil, self.lost
+    end
+    self.restarts = self.restarts + 1
+    local old = self.transport
+    old:close()
+    local t, err = self:_open(opts)
+    if not t then return nil, err end
+    self.transport, self.lost, self._tool_defs = t, nil, nil
+    local ok, cerr = self:_connect(proto.is_legacy[self.protocol_version] and self.protocol_version
+                                   or opts.protocol or _M.defaults.protocol)
+    if not ok then
+        self.lost = cerr
+        return nil, cerr
+    end
+    return true
+end
+
+
 --- Connect: a client (handshake done) or nil, err. See doc/mcp.md.
 function _M.connect(opts)
     if type(opts) ~= "table" then error("mcp.connect: options table expected", 2) end
@@ -540,27 +591,9 @@ function _M.connect(opts)
     if c.timeout ~= false and (type(c.timeout) ~= "number" or c.timeout <= 0) then
         error("mcp.connect: opts.timeout must be a number of seconds > 0, or false", 2)
     end
-    local t, err
-    if opts.command then
-        t, err = require("sibyl.mcp.stdio").open(opts, function(m) c:_incoming(m) end,
-            function(m)                 -- a response: wake its caller (gone if it was cancelled)
-                local f = c._pending[m.id]
-                c._pending[m.id] = nil
-                if f then f:set(m) end
-            end,
-            function(e) c:_lost(e) end,
-            function(e)                 -- an oversized message: fail the calls in flight
-                local pending = c._pending
-                c._pending = {}
-                for _, f in pairs(pending) do f:set(nil, e) end
-            end)
-    elseif opts.url then
-        t, err = require("sibyl.mcp.http").open(opts)
-    else
-        error("mcp.connect: give opts.command (stdio: a list {cmd, args...}) or opts.url (Streamable HTTP)", 2)
-    end
+    local t, err = c:_open(opts)
     if not t then return nil, err end
-    c.transport = t
+    c.transport, c.opts, c.restarts = t, opts, 0
     local ok, cerr = c:_connect(opts.protocol or d.protocol)
     if not ok then
         local stderr = c:stderr()
