@@ -670,14 +670,6 @@ static int l_close(lua_State *L)
     return 0;
 }
 
-static int l_gc(lua_State *L)
-{
-    cache_ud *u = lua_touserdata(L, 1);
-    cache_free(u->c);
-    u->c = NULL;
-    return 0;
-}
-
 static void set_num(lua_State *L, const char *k, double v)
 {
     lua_pushnumber(L, v);
@@ -772,7 +764,7 @@ static const luaL_Reg cache_methods[] = {
     {"purge", l_purge},
     {"keys", l_keys},
     {"ttl", l_ttl},
-    {"__gc", l_gc},
+    {"__gc", l_close},
     {NULL, NULL}
 };
 

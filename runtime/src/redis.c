@@ -623,17 +623,6 @@ static int l_client_close(lua_State *L)
     return 0;
 }
 
-static int l_client_gc(lua_State *L)
-{
-    sb_rclient_ud *u = lua_touserdata(L, 1);
-    if (u->cl) {
-        sb_rclient *cl = u->cl;
-        u->cl = NULL;
-        sb_redis_client_free(cl);
-    }
-    return 0;
-}
-
 static int l_client_tostring(lua_State *L)
 {
     sb_rclient *cl = sb_redis_check_client(L, 1);
@@ -655,7 +644,7 @@ static const luaL_Reg client_methods[] = {
     {"_open_sub", sb_redis_open_sub},
     {"stats", l_stats},
     {"close", l_client_close},
-    {"__gc", l_client_gc},
+    {"__gc", l_client_close},
     {"__tostring", l_client_tostring},
     {NULL, NULL}
 };

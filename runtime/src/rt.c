@@ -21,6 +21,8 @@
 
 #include <lualib.h>
 
+#include <event2/util.h>
+
 #include "sb.h"
 
 static char rt_key;
@@ -391,6 +393,20 @@ void sibyl_close(sibyl_rt *rt)
         lua_close(rt->L);   /* finalizers free everything, the anchor last */
 }
 
+/* ---------------------------------------------------- Lua: random_bytes */
+
+/* sibyl.random_bytes(n): n bytes from libevent's secure generator (seeded
+ * from the kernel), for ids and tokens: session ids, completion ids. */
+static int l_random_bytes(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, n >= 0 && n <= 4096, 1, "0 to 4096 bytes");
+    char buf[4096];
+    evutil_secure_rng_get_bytes(buf, (size_t)n);
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
 /* --------------------------------------------------------- Lua: run/poll */
 
 static int l_poll(lua_State *L)
@@ -444,6 +460,7 @@ int luaopen_sibyl_core(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"poll", l_poll},
         {"run", l_run},
+        {"random_bytes", l_random_bytes},
         {NULL, NULL}
     };
     lua_createtable(L, 0, 32);

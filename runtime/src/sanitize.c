@@ -920,14 +920,6 @@ static int l_close(lua_State *L)
     return 0;
 }
 
-static int l_gc(lua_State *L)
-{
-    scanner_ud *u = lua_touserdata(L, 1);
-    scanner_free(u->s);
-    u->s = NULL;
-    return 0;
-}
-
 static int l_tostring(lua_State *L)
 {
     scanner_ud *u = sb_checkudata(L, 1, &scanner_mt_key, "sibyl.sanitize.scanner");
@@ -942,7 +934,7 @@ static const luaL_Reg scanner_methods[] = {
     {"scan", l_scan},
     {"count", l_count},
     {"close", l_close},
-    {"__gc", l_gc},
+    {"__gc", l_close},
     {"__tostring", l_tostring},
     {NULL, NULL}
 };

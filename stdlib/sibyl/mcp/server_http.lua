@@ -39,10 +39,7 @@ end
 
 
 local function random_id()
-    local f = io.open("/dev/urandom", "rb")
-    local raw = f and f:read(16) or tostring(sibyl.now()) .. tostring(math.random())
-    if f then f:close() end
-    return (raw:gsub(".", function(c) return format("%02x", byte(c)) end))
+    return (sibyl.random_bytes(16):gsub(".", function(c) return format("%02x", byte(c)) end))
 end
 
 

@@ -13,7 +13,8 @@ local json = require "sibyl.json"
 
 local type, ipairs, pairs, tostring, tonumber, next = type, ipairs, pairs, tostring, tonumber, next
 local format, concat, byte = string.format, table.concat, string.byte
-local floor, ceil, random = math.floor, math.ceil, math.random
+local floor, ceil = math.floor, math.ceil
+local random_bytes = require("sibyl").random_bytes
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -193,15 +194,13 @@ end
 -- --------------------------------------------------------------- replies
 
 local ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-local urandom = io.open("/dev/urandom", "rb")
 
 --- "chatcmpl-" and 24 random letters and digits.
 function _M.completion_id()
-    local raw = urandom and urandom:read(24)
+    local raw = random_bytes(24)
     local out = {}
     for i = 1, 24 do
-        local r = raw and byte(raw, i) or floor(random() * 256)
-        local k = r % #ALNUM + 1
+        local k = byte(raw, i) % #ALNUM + 1
         out[i] = ALNUM:sub(k, k)
     end
     return "chatcmpl-" .. concat(out)
