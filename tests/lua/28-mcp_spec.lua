@@ -141,6 +141,18 @@ describe("sibyl.mcp over Streamable HTTP", function()
         c:close()
     end)
 
+    it("sends opts.headers with every request", function()
+        local s = http_fixture()
+        finally(function() s:close() end)
+        local url = "http://127.0.0.1:" .. s.port .. "/mcp"
+        local c, err = mcp.connect{ url = url, headers = { Origin = "http://evil.example" } }
+        assert.is_nil(c)
+        assert.matches("Forbidden: origin http://evil.example", err.message)
+        c = assert(mcp.connect{ url = url, protocol = LEGACY, headers = { Origin = "http://localhost:1234" } })
+        assert.are.equal(5, assert(c:call_tool("add", { a = 2, b = 3 })).structuredContent.sum)
+        c:close()
+    end)
+
     it("pages tools/list", function()
         local srv = dofile(FIXTURE)
         srv.page_size = 3

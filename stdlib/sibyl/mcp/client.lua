@@ -120,40 +120,36 @@ end
 function client:_exchange(msg, timeout, headers)
     local t = self.transport
     if self.closed then return proto.fail("closed", "the client is closed") end
+    local wait
     if t.exchange then
-        local function go() return t:exchange(msg, headers, function(m) self:_incoming(m) end) end
-        if timeout then
-            local r, err = sibyl.deadline(timeout, go)
-            if not r and err and err.kind == "timeout" then
-                return proto.fail("timeout", format("%s got no answer within %g s (raise opts.timeout)",
-                                                    msg.method, timeout), { method = msg.method })
-            end
-            return r, err
-        end
-        return go()
-    end
-    if self.lost then return nil, self.lost end
-    local f = sibyl.future()
-    self._pending[msg.id] = f
-    local ok, err = t:send(msg)
-    if not ok then
-        self._pending[msg.id] = nil
-        return nil, err
-    end
-    local r, werr
-    if timeout then
-        r, werr = sibyl.deadline(timeout, f.wait, f)
+        wait = function() return t:exchange(msg, headers, function(m) self:_incoming(m) end) end
     else
-        r, werr = f:wait()
+        if self.lost then return nil, self.lost end
+        local f = sibyl.future()
+        self._pending[msg.id] = f
+        local ok, err = t:send(msg)
+        if not ok then
+            self._pending[msg.id] = nil
+            return nil, err
+        end
+        wait = function() return f:wait() end
+    end
+    local r, err
+    if timeout then
+        r, err = sibyl.deadline(timeout, wait)
+    else
+        r, err = wait()
     end
     self._pending[msg.id] = nil
-    if not r and werr and werr.kind == "timeout" and not self.lost then
-        t:send({ jsonrpc = "2.0", method = "notifications/cancelled",
-                 params = { requestId = msg.id, reason = "timeout" } })
+    if not r and timeout and err and err.kind == "timeout" and not self.lost then
+        if not t.exchange then      -- stdio: tell the server; on HTTP the closed stream does
+            t:send({ jsonrpc = "2.0", method = "notifications/cancelled",
+                     params = { requestId = msg.id, reason = "timeout" } })
+        end
         return proto.fail("timeout", format("%s got no answer within %g s (raise opts.timeout)",
                                             msg.method, timeout), { method = msg.method })
     end
-    return r, werr
+    return r, err
 end
 
 

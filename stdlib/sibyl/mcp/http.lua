@@ -11,7 +11,7 @@ local json = require "sibyl.json"
 local sse = require "sibyl.sse"
 local proto = require "sibyl.mcp.protocol"
 
-local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+local type, pairs, ipairs, tostring, setmetatable, unpack = type, pairs, ipairs, tostring, setmetatable, unpack
 local format, find, concat = string.format, string.find, table.concat
 
 local _M = {}
@@ -22,8 +22,8 @@ local transport_mt = { __index = transport }
 
 -- Headers for one message (a list of "Name: value" lines).
 function transport:headers_for(msg, version, era, extra)
-    local h = { "Content-Type: application/json", "Accept: application/json, text/event-stream" }
-    for k, v in pairs(self.base_headers) do h[#h + 1] = k .. ": " .. v end
+    local h = { "Content-Type: application/json", "Accept: application/json, text/event-stream",
+                unpack(self.base_headers) }
     if version and msg.method ~= "initialize" then h[#h + 1] = "MCP-Protocol-Version: " .. version end
     if era == "modern" and msg.method then
         h[#h + 1] = "Mcp-Method: " .. msg.method
@@ -118,9 +118,7 @@ end
 --- Legacy: end the session (DELETE).
 function transport:close_session()
     if not self.session then return end
-    local h = {}
-    for k, v in pairs(self.base_headers) do h[#h + 1] = k .. ": " .. v end
-    h[#h + 1] = "Mcp-Session-Id: " .. self.session
+    local h = { "Mcp-Session-Id: " .. self.session, unpack(self.base_headers) }
     self.session = nil
     http.request{ method = "DELETE", url = self.url, headers = h, timeout = 2 }
 end
@@ -133,8 +131,8 @@ function _M.open(opts)
     if type(opts.url) ~= "string" or not find(opts.url, "^https?://") then
         error("mcp.connect: opts.url must be an http:// or https:// URL", 3)
     end
-    local base = {}
-    for k, v in pairs(opts.headers or {}) do base[k] = tostring(v) end
+    local base = {}                             -- opts.headers as "Name: value" lines
+    for k, v in pairs(opts.headers or {}) do base[#base + 1] = k .. ": " .. tostring(v) end
     return setmetatable({ url = opts.url, base_headers = base, max_body = opts.max_message }, transport_mt)
 end
 
