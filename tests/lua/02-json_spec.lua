@@ -77,3 +77,31 @@ describe("sibyl.json", function()
         assert.are.equal("✓", json.decode('"\\u2713"'))
     end)
 end)
+
+describe("sibyl.base64", function()
+    local b64 = require "sibyl.base64"
+
+    it("round-trips every length and any bytes", function()
+        for _, s in ipairs{ "", "f", "fo", "foo", "foob", "fooba", "foobar", "Hello, 世界", "\0\255\1" } do
+            assert.are.equal(s, b64.decode(b64.encode(s)))
+        end
+        assert.are.equal("Zm9vYg==", b64.encode("foob"))
+        assert.are.equal("foob", b64.decode("Zm9vYg"))            -- padding is optional
+    end)
+
+    it("refuses what is not base64", function()
+        for _, bad in ipairs{ "Zm9v!", "Zm9vY", "Zg===", "Z===", "€€€€" } do
+            assert.is_nil(b64.decode(bad), bad)
+        end
+    end)
+
+    it("decodes into a caller's buffer", function()
+        local ffi = require "ffi"
+        local floats = ffi.new("float[2]", { 1.5, -2 })
+        local s = b64.encode(ffi.string(floats, 8))
+        local v, n = b64.decode_buf(s, function(nbytes) return ffi.new("float[?]", nbytes / 4) end)
+        assert.are.equal(8, n)
+        assert.are.equal(1.5, v[0])
+        assert.are.equal(-2, v[1])
+    end)
+end)

@@ -11,11 +11,11 @@ local json = require "sibyl.json"
 local errors = require "sibyl.llm.errors"
 local usage_mod = require "sibyl.llm.usage"
 local ffi = require "ffi"
-local bit = require "bit"
+local b64_decode_buf = require("sibyl.base64").decode_buf
 
 local type, ipairs, tonumber, error = type, ipairs, tonumber, error
-local format, byte = string.format, string.byte
-local floor, min = math.floor, math.min
+local format = string.format
+local min = math.min
 local mkerror = sibyl.error
 local json_decode = json.decode
 local http_error, transport_error = errors.http_error, errors.transport_error
@@ -25,36 +25,15 @@ local _M = {}
 
 local llm                       -- the sibyl.llm table (defaults read per call), set by install
 
-local B64 = ffi.new("uint8_t[256]")
-do
-    local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    for i = 0, 255 do B64[i] = 255 end
-    for i = 1, 64 do B64[byte(alphabet, i)] = i - 1 end
+-- Base64 (little-endian float32s) -> float[n], or nil.
+local function float_buf(nbytes)
+    if nbytes % 4 ~= 0 then return nil end
+    return ffi.new("float[?]", nbytes / 4)
 end
 
-local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
-
--- Base64 (little-endian float32s) -> float[n], or nil.
 local function b64_floats(s)
-    local len = #s
-    local p = ffi.cast("const uint8_t *", s)
-    while len > 0 and p[len - 1] == 61 do len = len - 1 end   -- '='
-    local nbytes = floor(len * 3 / 4)
-    if nbytes % 4 ~= 0 then return nil end
-    local vec = ffi.new("float[?]", nbytes / 4)
-    local out = ffi.cast("uint8_t *", vec)
-    local o, acc, bits = 0, 0, 0
-    for i = 0, len - 1 do
-        local v = B64[p[i]]
-        if v == 255 then return nil end
-        acc = bor(lshift(band(acc, 0xffff), 6), v)
-        bits = bits + 6
-        if bits >= 8 then
-            bits = bits - 8
-            out[o] = band(rshift(acc, bits), 0xff)
-            o = o + 1
-        end
-    end
+    local vec, nbytes = b64_decode_buf(s, float_buf)
+    if not vec then return nil end
     return vec, nbytes / 4
 end
 

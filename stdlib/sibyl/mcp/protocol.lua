@@ -15,9 +15,7 @@ local sibyl = require "sibyl"
 local json = require "sibyl.json"
 
 local type, pairs, ipairs, tostring, error = type, pairs, ipairs, tostring, error
-local byte, char, sub, find, format, concat = string.byte, string.char, string.sub, string.find,
-    string.format, table.concat
-local band, bor, lshift, rshift = bit.band, bit.bor, bit.lshift, bit.rshift
+local find, format, concat = string.find, string.format, table.concat
 
 local _M = {}
 
@@ -78,41 +76,8 @@ function _M.rpc_error(id, code, message, data)
 end
 
 
--- --------------------------------------------------------------- base64
-
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-local B64_VAL = {}
-for i = 1, 64 do B64_VAL[byte(B64, i)] = i - 1 end
-
-function _M.b64encode(s)
-    local out, n = {}, #s
-    for i = 1, n, 3 do
-        local a, b, c = byte(s, i, i + 2)
-        local v = bor(lshift(a, 16), lshift(b or 0, 8), c or 0)
-        out[#out + 1] = char(byte(B64, rshift(v, 18) + 1), byte(B64, band(rshift(v, 12), 63) + 1),
-            b and byte(B64, band(rshift(v, 6), 63) + 1) or 61, c and byte(B64, band(v, 63) + 1) or 61)
-    end
-    return concat(out)
-end
-
---- Decode base64; nil when s is not valid base64.
-function _M.b64decode(s)
-    if #s % 4 ~= 0 then return nil end
-    local out = {}
-    for i = 1, #s, 4 do
-        local a, b, c, d = byte(s, i, i + 3)
-        local va, vb, vc, vd = B64_VAL[a], B64_VAL[b], B64_VAL[c], B64_VAL[d]
-        if not (va and vb) then return nil end
-        if c == 61 and d ~= 61 then return nil end
-        if (c == 61 or d == 61) and i + 4 <= #s then return nil end
-        if (c ~= 61 and not vc) or (d ~= 61 and not vd) then return nil end
-        local v = bor(lshift(va, 18), lshift(vb, 12), lshift(vc or 0, 6), vd or 0)
-        out[#out + 1] = char(rshift(v, 16))
-        if c ~= 61 then out[#out + 1] = char(band(rshift(v, 8), 255)) end
-        if d ~= 61 then out[#out + 1] = char(band(v, 255)) end
-    end
-    return concat(out)
-end
+local b64 = require "sibyl.base64"      -- also used by the server for blobs
+_M.b64encode, _M.b64decode = b64.encode, b64.decode
 
 
 -- ------------------------------------------------- HTTP header values
