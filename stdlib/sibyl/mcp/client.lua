@@ -22,8 +22,8 @@ local json = require "sibyl.json"
 local proto = require "sibyl.mcp.protocol"
 local schema = require "sibyl.schema"
 
-local type, pairs, ipairs, next, tostring, setmetatable, error, pcall =
-    type, pairs, ipairs, next, tostring, setmetatable, error, pcall
+local type, pairs, ipairs, next, tostring, setmetatable, error, pcall, unpack =
+    type, pairs, ipairs, next, tostring, setmetatable, error, pcall, unpack
 local function stderr_write(...) io.stderr:write(...) end
 local format, concat = string.format, table.concat
 local mkerror = sibyl.error
@@ -229,13 +229,6 @@ end
 
 -- ------------------------------------------------------------ handshake
 
-local function copy_list(t)
-    local out = {}
-    for i, v in ipairs(t) do out[i] = v end
-    return out
-end
-
-
 -- 2025-xx: initialize, then notifications/initialized.
 function client:_initialize(version)
     self.era = "legacy"
@@ -248,7 +241,7 @@ function client:_initialize(version)
     local v = r.protocolVersion
     if not proto.is_legacy[v] then
         return proto.fail("version", format("the server answered initialize with protocol version %s; sibyl speaks %s",
-            tostring(v), concat(proto.SUPPORTED, ", ")), { supported = copy_list(proto.SUPPORTED), server = v })
+            tostring(v), concat(proto.SUPPORTED, ", ")), { supported = { unpack(proto.SUPPORTED) }, server = v })
     end
     self.protocol_version = v
     self.server_info = r.serverInfo
