@@ -24,11 +24,12 @@ local null = json.null
 local _M = { _VERSION = "0.1.0" }
 
 ffi.cdef [[
-typedef struct sb_cache sb_cache;
 typedef struct { double num; const char *ptr; size_t len; } sb_cache_val;
+struct sb_cache { sb_cache_val out; };  /* the head of cache.c's struct: a get's value */
+typedef struct sb_cache sb_cache;
 ]]
 
-local c_get = ffi.cast("int (*)(sb_cache *, const char *, size_t, sb_cache_val *)", core.ffi.get)
+local c_get = ffi.cast("int (*)(sb_cache *, const char *, size_t)", core.ffi.get)
 local c_set = ffi.cast("int (*)(sb_cache *, const char *, size_t, int, double, const char *, size_t, double)",
                        core.ffi.set)
 local c_delete = ffi.cast("int (*)(sb_cache *, const char *, size_t)", core.ffi.delete)
@@ -43,8 +44,6 @@ _M.defaults = {
     max_bytes = 64 * 1024 * 1024,
     ttl = 0,                    -- seconds; 0 = entries never expire
 }
-
-local scratch = ffi.new("sb_cache_val")
 
 local memory = {}
 memory.__index = memory
@@ -69,14 +68,14 @@ end
 function memory:get(key)
     local p = ptr(self)
     check_key(key, "get")
-    local t = c_get(p, key, #key, scratch)
-    if t == NUMBER then return scratch.num end
-    if t == STRING then return ffi_string(scratch.ptr, scratch.len) end
+    local t = c_get(p, key, #key)
+    if t == NUMBER then return p.out.num end
+    if t == STRING then return ffi_string(p.out.ptr, p.out.len) end
     if t == 0 then return nil end
     if t == TRUE then return true end
     if t == FALSE then return false end
     if t == NULL then return null end
-    return decode(ffi_string(scratch.ptr, scratch.len))
+    return decode(ffi_string(p.out.ptr, p.out.len))
 end
 
 
