@@ -16,11 +16,13 @@
  * copied on set and rebuilt on every get: the cache never hands out shared
  * mutable state.
  *
- * Layout, for a hit that reads few cache lines: entries are 64-byte nodes
- * in one array, with short keys and small values inside the node; the hash
- * table is a separate array of 8-byte slots (hash bits + node index); LRU
- * order is a log of node indexes, not a linked list (see sb_cache below).
- * A hit reads a slot, its node, and writes 4 bytes in pos[] and the log.
+ * Layout, for a lookup that reads few cache lines: entries are 64-byte
+ * nodes in one array, with short keys and small values inside the node; the
+ * hash table is a separate array of 8-byte slots (hash bits + node index),
+ * with one tag byte per slot beside it (a dense array that stays in cache);
+ * LRU order is a log of node indexes, not a linked list (see sb_cache
+ * below). A miss usually reads one tag. A hit reads a tag, its slot
+ * (fetched together) and its node, and writes 4 bytes in pos[] and the log.
  * A set of a new key into a full cache evicts the LRU entry first and
  * reuses its node (whose line the previous set prefetched).
  *
@@ -85,11 +87,16 @@ _Static_assert(sizeof(sb_cnode) == 64, "a node is one cache line");
 
 /* Open addressing, linear probing: a slot holds the low 32 bits of the
  * hash (which also give its home) and the node index + 1 (0: empty), so
- * a probe reads the node only when those bits match. Eight per line. */
+ * a probe reads the node only when those bits match. Eight per line. A
+ * probe looks at the slot's tag first (tags[], 64 per line), and at the
+ * slot only when the tag matches. */
 typedef struct {
     uint32_t hash;
     uint32_t ref;
 } sb_cslot;
+
+/* A slot's tag: 7 bits of the hash that its home does not use, never 0. */
+#define TAG(h) ((uint8_t)(0x80 | ((h) >> 57)))
 
 /* What a get hands back through FFI. */
 typedef struct {
@@ -113,6 +120,7 @@ typedef struct {
 typedef struct sb_cache {
     sb_cache_val out;               /* the last get's value: first, cache/init.lua reads it */
     sb_cslot *slots;
+    uint8_t *tags;                  /* per slot: 0 empty, else TAG(hash) */
     size_t cap, count, bytes;       /* cap: a power of two, <= 1/MAX_LOAD full */
     size_t max_entries, max_bytes;  /* 0 = unlimited */
     double ttl;                     /* default TTL, 0 = none */
@@ -420,16 +428,21 @@ static uint32_t lru_tail(sb_cache *c)
 static inline int64_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, size_t *slot)
 {
     uint32_t t = (uint32_t)h;
+    uint8_t g = TAG(h);
     size_t mask = c->cap - 1, i = t & mask;
+    __builtin_prefetch(&c->slots[i]);   /* a hit needs it: fetch it with the tag */
     for (;;) {
-        sb_cslot s = c->slots[i];
-        if (s.hash == t && s.ref != 0) {
-            sb_cnode *n = &c->nodes[s.ref - 1];
-            if (n->klen == kl && same_key(node_data(n), k, kl)) {
-                *slot = i;
-                return s.ref - 1;
+        uint8_t tg = c->tags[i];
+        if (tg == g) {
+            sb_cslot s = c->slots[i];
+            if (s.hash == t) {
+                sb_cnode *n = &c->nodes[s.ref - 1];
+                if (n->klen == kl && same_key(node_data(n), k, kl)) {
+                    *slot = i;
+                    return s.ref - 1;
+                }
             }
-        } else if (s.ref == 0) {
+        } else if (tg == 0) {
             *slot = i;
             return -1;
         }
@@ -451,7 +464,7 @@ static size_t slot_of(sb_cache *c, uint32_t i)
 static size_t free_slot(sb_cache *c, uint64_t h)
 {
     size_t mask = c->cap - 1, j = (uint32_t)h & mask;
-    while (c->slots[j].ref != 0)
+    while (c->tags[j] != 0)
         j = (j + 1) & mask;
     return j;
 }
@@ -462,17 +475,19 @@ static void slot_clear(sb_cache *c, size_t i)
     size_t mask = c->cap - 1, j = i;
     for (;;) {
         j = (j + 1) & mask;
-        if (c->slots[j].ref == 0)
+        if (c->tags[j] == 0)
             break;
         size_t home = c->slots[j].hash & mask;
         /* Can the entry at j move to i? Only if its home is not in (i, j]. */
         int between = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
         if (!between) {
             c->slots[i] = c->slots[j];
+            c->tags[i] = c->tags[j];
             i = j;
         }
     }
     c->slots[i].ref = 0;
+    c->tags[i] = 0;
 }
 
 static void grow(sb_cache *c)
@@ -481,18 +496,25 @@ static void grow(sb_cache *c)
         return;                     /* homes come from 32 bits of hash */
     size_t n = c->cap * 2;
     sb_cslot *ns = alloc_big(n * sizeof *ns, 1);
-    if (ns == NULL)
+    uint8_t *nt = alloc_big(n, 1);
+    if (ns == NULL || nt == NULL) {
+        free(ns);
+        free(nt);
         return;                     /* stay fuller: slower, still correct */
+    }
     for (size_t i = 0; i < c->cap; i++) {
-        if (c->slots[i].ref == 0)
+        if (c->tags[i] == 0)
             continue;
         size_t j = c->slots[i].hash & (n - 1);
-        while (ns[j].ref)
+        while (nt[j])
             j = (j + 1) & (n - 1);
         ns[j] = c->slots[i];
+        nt[j] = c->tags[i];
     }
     free(c->slots);
+    free(c->tags);
     c->slots = ns;
+    c->tags = nt;
     c->cap = n;
 }
 
@@ -654,6 +676,7 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
         n->hash = (uint32_t)h;
         c->slots[s].hash = (uint32_t)h;
         c->slots[s].ref = i + 1;
+        c->tags[s] = TAG(h);
         c->count++;
     }
     n->type = (uint8_t)type;
@@ -706,6 +729,7 @@ static void cache_free(sb_cache *c)
     free(c->pos);
     free(c->order);
     free(c->slots);
+    free(c->tags);
     free(c);
 }
 
@@ -729,7 +753,10 @@ static int l_new(lua_State *L)
     sb_getmeta(L, &cache_mt_key);
     lua_setmetatable(L, -2);
     sb_cache *c = calloc(1, sizeof *c);
-    if (c == NULL || (c->slots = calloc(64, sizeof *c->slots)) == NULL) {
+    if (c == NULL || (c->slots = calloc(64, sizeof *c->slots)) == NULL ||
+        (c->tags = calloc(64, 1)) == NULL) {
+        if (c)
+            free(c->slots);
         free(c);
         return luaL_error(L, "cache: out of memory");
     }
@@ -791,6 +818,7 @@ static int l_clear(lua_State *L)
         if (c->nodes[i].type != SB_CV_NONE && c->nodes[i].ext)
             free(c->nodes[i].d.heap);
     memset(c->slots, 0, c->cap * sizeof *c->slots);
+    memset(c->tags, 0, c->cap);
     c->count = c->bytes = 0;
     c->nused = c->free_head = 0;
     c->lo = c->hi = 0;
