@@ -125,6 +125,7 @@ typedef struct sb_cache {
     size_t max_entries, max_bytes;  /* 0 = unlimited */
     double ttl;                     /* default TTL, 0 = none */
     uint64_t seed;                  /* of the table's hash */
+    int timed;                      /* an entry had an expiry since the last clear: gets read the clock */
     sb_cnode *nodes;                /* ncap of them, nused ever handed out */
     uint32_t *pos;                  /* per node: its record in order[], NOPOS when free */
     uint32_t ncap, nused, free_head;/* free_head: a free node + 1, 0 = none */
@@ -579,8 +580,9 @@ int sb_cache_get(sb_cache *c, const char *k, size_t kl)
 {
     sb_cache_val *out = &c->out;
     /* Read the clock first: it does not depend on the lookup, so it runs
-     * while the slot and the node are fetched, off the critical path. */
-    double now = now_coarse();
+     * while the slot and the node are fetched, off the critical path. A
+     * cache whose entries never expire does not need it. */
+    double now = c->timed ? now_coarse() : 0;
     size_t s;
     int64_t f = find(c, hash_key(c->seed, k, kl), k, kl, &s);
     if (f < 0) {
@@ -615,7 +617,11 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
     if (kl > UINT32_MAX || vl > UINT32_MAX)
         return 0;                   /* over 4 GiB: never cached */
     size_t need = ENTRY_OVERHEAD + kl + vl;
-    double now = now_coarse();      /* first: off the lookup's critical path */
+    if (ttl < 0)
+        ttl = c->ttl;
+    if (ttl > 0)
+        c->timed = 1;
+    double now = c->timed ? now_coarse() : 0;   /* first: off the lookup's critical path */
     int full = c->max_entries && c->count >= c->max_entries;
     uint32_t tail = 0;
     if (full) {
@@ -681,8 +687,6 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
     }
     n->type = (uint8_t)type;
     n->num = num;
-    if (ttl < 0)
-        ttl = c->ttl;
     n->expires = ttl > 0 ? now + ttl : 0;
     c->bytes += need;
     c->sets++;
@@ -820,6 +824,7 @@ static int l_clear(lua_State *L)
     memset(c->slots, 0, c->cap * sizeof *c->slots);
     memset(c->tags, 0, c->cap);
     c->count = c->bytes = 0;
+    c->timed = 0;
     c->nused = c->free_head = 0;
     c->lo = c->hi = 0;
     return 0;

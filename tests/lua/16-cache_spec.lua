@@ -40,6 +40,20 @@ describe("sibyl.cache memory", function()
         assert.are.equal(2, c:stats().expirations)
     end)
 
+    it("starts checking expiry with the first entry that has a TTL, also after a clear", function()
+        local c = cache.new{}                       -- no default TTL: gets skip the clock
+        for round = 1, 2 do
+            c:set("kept", round)
+            assert.are.equal(math.huge, c:ttl("kept"))
+            c:set("brief", "x", 0.03)               -- the first entry that can expire
+            sibyl.sleep(0.05)
+            assert.is_nil(c:get("brief"))
+            assert.are.equal(round, c:get("kept"))
+            c:clear()
+        end
+        assert.are.equal(2, c:stats().expirations)
+    end)
+
     it("bounds bytes: big entries push old ones out, an entry over the limit is refused", function()
         local c = cache.new{ max_entries = 0, max_bytes = 4096 }
         for i = 1, 10 do assert.is_true(c:set("k" .. i, string.rep("x", 1000))) end
