@@ -426,7 +426,7 @@ static uint32_t lru_tail(sb_cache *c)
 
 /* The node holding key (its slot in *slot), or -1 with *slot the empty
  * slot where it would go. */
-static inline int64_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, size_t *slot)
+static inline __attribute__((always_inline)) int64_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, size_t *slot)
 {
     uint32_t t = (uint32_t)h;
     uint8_t g = TAG(h);
