@@ -2,11 +2,12 @@
 # Caches: the L1 memory cache against ../shared/bench/py_lru.py (Python's
 # OrderedDict LRU with TTL; goal >= 10x), and sibyl.redis GET/SET from many
 # tasks against redis-benchmark pipelined (goal >= 50% of it), all in this
-# run. Each L1 client runs 5 times, alternating; rows are medians.
+# run. Each L1 client runs 7 times, alternating; rows are medians, with the
+# range of the runs beside them (this machine is noisy).
 set -euo pipefail
 PEERS=$(realpath ../shared/bench)
 PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
-RUNS=${CACHE_RUNS:-5}
+RUNS=${CACHE_RUNS:-7}
 
 sib=(); py=()
 for _ in $(seq "$RUNS"); do
@@ -15,6 +16,8 @@ for _ in $(seq "$RUNS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
 s=$(median "${sib[@]}"); p=$(median "${py[@]}")
+range() { printf '%s\n' "$@" | sort -n | sed -n '1p;$p' | paste -sd' ' | awk '{ printf "%.2f-%.2f", $1, $2 }'; }
+sr=$(range "${sib[@]}"); pr=$(range "${py[@]}")
 
 echo "## Caches"
 echo
@@ -22,9 +25,11 @@ echo "L1: 1M mixed get/set (25% set) over 100k keys, capacity 50k, TTL 300 s; th
 echo "\`../shared/bench/py_lru.py\`, in Lua against \`sibyl.cache\` (\`tests/bench/cache_l1.lua\`)."
 echo "Medians of $RUNS alternating runs."
 echo
-echo "| cache | M ops/s | vs Python |"
-echo "|---|---|---|"
-awk -v a="$s" -v b="$p" 'BEGIN { printf "| sibyl.cache memory (C, FFI) | %.2f | %.1fx |\n| Python OrderedDict LRU + TTL | %.2f | 1.0x |\n", a, a / b, b }'
+echo "| cache | M ops/s (median) | runs | vs Python |"
+echo "|---|---|---|---|"
+awk -v a="$s" -v b="$p" -v ar="$sr" -v br="$pr" 'BEGIN {
+  printf "| sibyl.cache memory (C, FFI) | %.2f | %s | %.1fx |\n", a, ar, a / b
+  printf "| Python OrderedDict LRU + TTL | %.2f | %s | 1.0x |\n", b, br }'
 
 if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null && [ -f tests/bench/redis_bench.lua ]; then
   port=$(( 20000 + RANDOM % 20000 ))
