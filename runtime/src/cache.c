@@ -597,8 +597,9 @@ int sb_cache_get(sb_cache *c, const char *k, size_t kl)
         c->misses++;
         return SB_CV_NONE;
     }
-    if (c->pos[i] != c->hi - 1)     /* not already the most recent */
-        (void)lru_touch(c, i);      /* out of memory for the log: the use goes unrecorded */
+    /* Record the use without reading pos[i] first: a store does not wait
+     * for its line, and a repeated hit only adds a stale record. */
+    (void)lru_touch(c, i);          /* out of memory for the log: the use goes unrecorded */
     c->hits++;
     out->num = n->num;
     out->ptr = node_data(n) + n->klen;
