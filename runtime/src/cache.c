@@ -114,8 +114,8 @@ typedef struct {
  * node: small, stays in cache) and the log's end, never other nodes (a
  * linked list relinks three). When the log reaches its end it is compacted
  * to its fresh records (count of them), with room for LOG_SLACK x count:
- * one sequential pass per ~7 x count uses (4 bytes a record). Evicting skips the stale
- * records at lo.
+ * one sequential pass per ~7 x count uses (4 bytes a record). Evicting
+ * skips the stale records at lo.
  */
 typedef struct sb_cache {
     sb_cache_val out;               /* the last get's value: first, cache/init.lua reads it */
@@ -124,8 +124,8 @@ typedef struct sb_cache {
     size_t cap, count, bytes;       /* cap: a power of two, <= 1/MAX_LOAD full */
     size_t max_entries, max_bytes;  /* 0 = unlimited */
     double ttl;                     /* default TTL, 0 = none */
-    uint64_t seed;                  /* of the table's hash */
-    int timed;                      /* an entry had an expiry since the last clear: gets read the clock */
+    uint64_t seed[2];               /* of the table's hash */
+    int timed;                      /* an entry had a TTL since the last clear: read the clock */
     sb_cnode *nodes;                /* ncap of them, nused ever handed out */
     uint32_t *pos;                  /* per node: its record in order[], NOPOS when free */
     uint32_t ncap, nused, free_head;/* free_head: a free node + 1, 0 = none */
@@ -196,17 +196,18 @@ static inline uint64_t mum(uint64_t a, uint64_t b)
 }
 
 #define MUM1 0xA0761D6478BD642FULL
-#define MUM2 0xE7037ED1A0B428DBULL
 
 /*
  * The table's hash, after wyhash: keys up to 16 bytes are read as two
  * (overlapping) words and mixed with two multiplies that do not wait on
- * each other's loads; longer ones 16 bytes a step. Seeded per cache from
- * the secure generator, so colliding keys cannot be precomputed. Never
- * stored: only this table's homes depend on it.
+ * each other's loads; longer ones 16 bytes a step. Both factors of every
+ * multiply are masked with secret words (seed[], per cache, from the secure
+ * generator): a key cannot be made to zero one, and colliding keys cannot
+ * be precomputed. Never stored: only this table's homes depend on it.
  */
-static inline uint64_t hash_key(uint64_t seed, const char *k, size_t n)
+static inline uint64_t hash_key(const uint64_t seed[2], const char *k, size_t n)
 {
+    uint64_t s0 = seed[0], s1 = seed[1];
     uint64_t a, b;
     if (n <= 16) {
         if (n >= 8) {
@@ -226,11 +227,11 @@ static inline uint64_t hash_key(uint64_t seed, const char *k, size_t n)
         const char *p = k;
         size_t i = n;
         for (; i > 16; i -= 16, p += 16)
-            seed = mum(load64(p) ^ MUM1, load64(p + 8) ^ seed);
+            s1 = mum(load64(p) ^ s0, load64(p + 8) ^ s1);
         a = load64(k + n - 16);
         b = load64(k + n - 8);
     }
-    return mum(MUM1 ^ n, mum(a ^ MUM2, b ^ seed));
+    return mum(MUM1 ^ n, mum(a ^ s0, b ^ s1));
 }
 
 /* Key equality without a libc call, by (overlapping) word loads. */
@@ -318,7 +319,8 @@ static void node_free(sb_cache *c, uint32_t i)
 /* Put key and value bytes into node n (its key already there when
  * has_key), inline or in a block of their own. -1: out of memory, n
  * unchanged. */
-static int node_store_slow(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v, size_t vl);
+static int node_store_slow(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v,
+                           size_t vl);
 
 static inline int node_store(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v, size_t vl)
 {
@@ -334,7 +336,8 @@ static inline int node_store(sb_cnode *n, int has_key, const char *k, size_t kl,
     return node_store_slow(n, has_key, k, kl, v, vl);
 }
 
-static int node_store_slow(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v, size_t vl)
+static int node_store_slow(sb_cnode *n, int has_key, const char *k, size_t kl, const char *v,
+                           size_t vl)
 {
     size_t total = kl + vl;
     if (total <= INLINE_MAX) {
@@ -426,7 +429,8 @@ static uint32_t lru_tail(sb_cache *c)
 
 /* The node holding key (its slot in *slot), or -1 with *slot the empty
  * slot where it would go. */
-static inline __attribute__((always_inline)) int64_t find(sb_cache *c, uint64_t h, const char *k, size_t kl, size_t *slot)
+static inline __attribute__((always_inline)) int64_t find(sb_cache *c, uint64_t h, const char *k,
+                                                          size_t kl, size_t *slot)
 {
     uint32_t t = (uint32_t)h;
     uint8_t g = TAG(h);
@@ -769,7 +773,7 @@ static int l_new(lua_State *L)
     c->max_entries = (size_t)max_entries;
     c->max_bytes = (size_t)max_bytes;
     c->ttl = ttl;
-    evutil_secure_rng_get_bytes(&c->seed, sizeof c->seed);
+    evutil_secure_rng_get_bytes(c->seed, sizeof c->seed);
     u->c = c;
     lua_pushlightuserdata(L, c);
     return 2;
