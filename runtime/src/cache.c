@@ -595,7 +595,7 @@ int sb_cache_get(sb_cache *c, const char *k, size_t kl)
     }
     uint32_t i = (uint32_t)f;
     sb_cnode *n = &c->nodes[i];
-    if (n->expires != 0 && n->expires <= now) {
+    if (expired(n, now)) {
         drop_at(c, i, s);
         c->expirations++;
         c->misses++;
@@ -654,32 +654,23 @@ int sb_cache_set(sb_cache *c, const char *k, size_t kl, int type, double num, co
         c->bytes -= old;
     } else {
         if (full) {
-            /* Evict the tail and take its node: no free list round trip,
-             * and the line is already in cache. */
-            i = tail;
-            n = &c->nodes[i];
-            if (expired(n, now))
+            /* Evict the tail first: its node (whose line the last set
+             * prefetched) heads the free list, and node_alloc hands it
+             * straight back for this key. */
+            if (expired(&c->nodes[tail], now))
                 c->expirations++;
             else
                 c->evictions++;
-            slot_clear(c, slot_of(c, i));
-            c->count--;
-            c->bytes -= entry_bytes(n);
-            c->pos[i] = NOPOS;
-            if (n->ext) {
-                free(n->d.heap);
-                n->ext = 0;
-            }
-            s = free_slot(c, h);    /* the clear may have moved slots */
-        } else {
-            int64_t a = node_alloc(c);
-            if (a < 0)
-                return -1;
-            i = (uint32_t)a;
-            n = &c->nodes[i];
-            n->ext = 0;
-            c->pos[i] = NOPOS;
+            drop(c, tail);
+            s = free_slot(c, h);    /* the drop may have moved slots */
         }
+        int64_t a = node_alloc(c);
+        if (a < 0)
+            return -1;
+        i = (uint32_t)a;
+        n = &c->nodes[i];
+        n->ext = 0;
+        c->pos[i] = NOPOS;
         if (node_store(n, 0, k, kl, v, vl) != 0) {
             node_free(c, i);
             return -1;
